@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# sQemu: make targets over configure, upstream's ninja build and our scripts.
+# "make help" lists them.
+
+SHELL := /bin/bash
+TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+OBJ := $(TOP)/build/qemu
+NINJA_TARGETS := qemu-img qemu-io qemu-nbd qemu-system-x86_64 \
+	storage-daemon/qemu-storage-daemon sqemu-unit-tests
+
+# Paths under the checkout are hashed relative to it, so a fresh clone at
+# another path still hits the compiler cache.
+export CCACHE_BASEDIR := $(TOP)
+
+.PHONY: all configure check check-unit check-iotests demo bench \
+	patches check-series series-status reset-src clean distclean help
+
+all: configure
+	ninja -C $(OBJ) $(NINJA_TARGETS)
+
+# configure is cheap when nothing changed: it re-applies the series only
+# when patches/ changed and re-links our files, so run it every time.
+configure:
+	@$(TOP)/configure
+
+check:
+	$(TOP)/scripts/sqemu/run-tests
+
+check-unit: all
+	meson test -C $(OBJ) --no-rebuild --suite sqemu --print-errorlogs
+
+check-iotests: all
+	cd $(OBJ)/tests/qemu-iotests && ./check -qcow2 -g sqemu
+
+demo:
+	$(TOP)/scripts/sqemu/demo
+
+bench: all
+	$(TOP)/scripts/sqemu/bench $(BENCH_ARGS)
+
+patches:
+	$(TOP)/scripts/sqemu/series export
+
+check-series:
+	$(TOP)/scripts/sqemu/series check
+
+series-status:
+	$(TOP)/scripts/sqemu/series status
+
+reset-src:
+	$(TOP)/scripts/sqemu/series reset
+
+clean:
+	rm -rf $(OBJ)
+
+distclean:
+	rm -rf $(TOP)/build
+
+help:
+	@echo 'make               configure (if needed) and build sQemu'
+	@echo 'make check         build and run all tests (the CI command)'
+	@echo 'make check-unit    cmocka unit tests only'
+	@echo 'make check-iotests the project'"'"'s iotests only'
+	@echo 'make demo          the main job: chain, benchmark, VM boot'
+	@echo 'make bench         scripts/sqemu/bench $$BENCH_ARGS'
+	@echo 'make patches       export build/src commits to patches/'
+	@echo 'make check-series  apply patches/ to upstream, run checkpatch'
+	@echo 'make series-status what build/src holds beyond patches/'
+	@echo 'make reset-src     drop unexported work in build/src'
+	@echo 'make clean         remove build/qemu; distclean: all of build/'
