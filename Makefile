@@ -12,6 +12,8 @@ NINJA_TARGETS := qemu-img qemu-io qemu-nbd qemu-system-x86_64 \
 # Paths under the checkout are hashed relative to it, so a fresh clone at
 # another path still hits the compiler cache.
 export CCACHE_BASEDIR := $(TOP)
+# QEMU compiles with -g; do not hash the build directory into the key.
+export CCACHE_NOHASHDIR := 1
 
 .PHONY: all configure check check-unit check-iotests demo bench \
 	patches check-series series-status reset-src clean distclean help
