@@ -7,6 +7,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/cutils.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 
@@ -34,4 +35,136 @@ bool qcow2_bi_entry_is_valid(uint64_t l2_entry, unsigned own_depth)
         return depth == QCOW2_BI_NONE;
     }
     return depth < own_depth;
+}
+
+/*
+ * On-disk layout of the header extension (big-endian):
+ *
+ *   bytes  0- 3  version (QCOW2_BI_EXT_VERSION)
+ *   bytes  4- 7  depth of this layer, 0 while the index is not built
+ *   bytes  8-23  layer identity
+ *   bytes 24-39  parent identity when the index was computed
+ *   bytes 40-47  parent virtual size when the index was computed
+ */
+int qcow2_bi_ext_parse(const void *buf, size_t len, Qcow2BackingIndexExt *ext,
+                       const char **reason)
+{
+    const uint8_t *p = buf;
+    uint32_t version;
+
+    memset(ext, 0, sizeof(*ext));
+    if (len != QCOW2_BI_EXT_SIZE) {
+        *reason = len < QCOW2_BI_EXT_SIZE ? "header extension truncated"
+                                          : "header extension oversized";
+        return -EINVAL;
+    }
+    version = ldl_be_p(p);
+    if (version != QCOW2_BI_EXT_VERSION) {
+        *reason = "unsupported header extension version";
+        return -ENOTSUP;
+    }
+    ext->depth = ldl_be_p(p + 4);
+    if (ext->depth > QCOW2_BI_MAX_DEPTH) {
+        *reason = "recorded depth beyond the deepest layer the index can name";
+        return -EINVAL;
+    }
+    memcpy(ext->layer_id, p + 8, QCOW2_BI_ID_SIZE);
+    memcpy(ext->parent_id, p + 24, QCOW2_BI_ID_SIZE);
+    ext->parent_size = ldq_be_p(p + 40);
+    *reason = NULL;
+    return 0;
+}
+
+void qcow2_bi_ext_serialize(const Qcow2BackingIndexExt *ext,
+                            uint8_t buf[QCOW2_BI_EXT_SIZE])
+{
+    stl_be_p(buf, QCOW2_BI_EXT_VERSION);
+    stl_be_p(buf + 4, ext->depth);
+    memcpy(buf + 8, ext->layer_id, QCOW2_BI_ID_SIZE);
+    memcpy(buf + 24, ext->parent_id, QCOW2_BI_ID_SIZE);
+    stq_be_p(buf + 40, ext->parent_size);
+}
+
+static bool bi_id_is_zero(const uint8_t *id)
+{
+    return buffer_is_zero(id, QCOW2_BI_ID_SIZE);
+}
+
+/*
+ * The validation rules: the index of the chain @layers (top first, base
+ * last, @n layers) may be used only if every layer is a qcow2 image with a
+ * readable extension and the valid bit, records the depth it has in this
+ * chain, and was indexed over the parent it has now (same identity; for a
+ * non-qcow2 base, no identity and the same size).  Only the base may be a
+ * non-qcow2 image.
+ *
+ * Returns NULL when the chain validates, else why not (g_free it).
+ */
+char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
+{
+    unsigned i;
+
+    if (n == 0) {
+        return g_strdup("no layers");
+    }
+    if (n > QCOW2_BI_MAX_DEPTH) {
+        return g_strdup_printf("the chain has %u layers, the backing index "
+                               "can name at most %u", n, QCOW2_BI_MAX_DEPTH);
+    }
+    for (i = 0; i < n; i++) {
+        const Qcow2BiLayer *l = &layers[i];
+        unsigned depth = n - i;
+
+        if (!l->is_qcow2) {
+            if (i == n - 1 && i > 0) {
+                continue;   /* a non-qcow2 base carries no index */
+            }
+            return g_strdup_printf("layer '%s' at depth %u is a '%s' node; "
+                                   "only the base may be other than qcow2",
+                                   l->name, depth, l->driver);
+        }
+        if (!l->has_ext) {
+            return g_strdup_printf("layer '%s' at depth %u has no backing "
+                                   "index", l->name, depth);
+        }
+        if (l->ext_error) {
+            return g_strdup_printf("layer '%s' at depth %u: %s", l->name,
+                                   depth, l->ext_error);
+        }
+        if (!l->valid_bit) {
+            return g_strdup_printf("layer '%s' at depth %u: the valid bit is "
+                                   "clear (written by a program that does not "
+                                   "keep the index, or not built yet)",
+                                   l->name, depth);
+        }
+        if (l->ext.depth != depth) {
+            return g_strdup_printf("layer '%s' was indexed at depth %u but is "
+                                   "at depth %u in this chain", l->name,
+                                   l->ext.depth, depth);
+        }
+        if (i == n - 1) {
+            if (!bi_id_is_zero(l->ext.parent_id)) {
+                return g_strdup_printf("layer '%s' was indexed over a backing "
+                                       "file but has none now", l->name);
+            }
+        } else {
+            const Qcow2BiLayer *parent = &layers[i + 1];
+            bool same;
+
+            if (parent->is_qcow2) {
+                same = parent->has_ext && !parent->ext_error &&
+                       !bi_id_is_zero(l->ext.parent_id) &&
+                       !memcmp(l->ext.parent_id, parent->ext.layer_id,
+                               QCOW2_BI_ID_SIZE);
+            } else {
+                same = bi_id_is_zero(l->ext.parent_id);
+            }
+            if (!same || l->ext.parent_size != parent->size) {
+                return g_strdup_printf("layer '%s' was indexed over another "
+                                       "backing file than '%s' (changed since)",
+                                       l->name, parent->name);
+            }
+        }
+    }
+    return NULL;
 }

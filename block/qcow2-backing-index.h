@@ -15,6 +15,11 @@
 #ifndef BLOCK_QCOW2_BACKING_INDEX_H
 #define BLOCK_QCOW2_BACKING_INDEX_H
 
+#include "block/block_int.h"
+
+/* Create and amend option */
+#define BLOCK_OPT_BACKING_INDEX "backing-index"
+
 /* Entry bits 1-8 carry index bits 0-7 */
 #define QCOW2_BI_LOW_SHIFT      1
 #define QCOW2_BI_LOW_MASK       0x00000000000001feULL
@@ -45,5 +50,74 @@ static inline uint64_t qcow2_bi_set(uint64_t l2_entry, unsigned depth)
 }
 
 bool qcow2_bi_entry_is_valid(uint64_t l2_entry, unsigned own_depth);
+
+/*
+ * The header extension that says what the index was computed against.
+ * All fields are big-endian on disk; see docs/sqemu.md.
+ */
+#define QCOW2_EXT_MAGIC_BACKING_INDEX   0x73514249  /* "sQBI" */
+#define QCOW2_BI_EXT_VERSION            1
+#define QCOW2_BI_EXT_SIZE               48
+#define QCOW2_BI_ID_SIZE                16
+
+/* Autoclear feature bit: set while every index entry of the layer is true */
+#define QCOW2_AUTOCLEAR_BACKING_INDEX_BITNR 16
+#define QCOW2_AUTOCLEAR_BACKING_INDEX \
+    (1ULL << QCOW2_AUTOCLEAR_BACKING_INDEX_BITNR)
+
+typedef struct Qcow2BackingIndexExt {
+    /* Depth of this layer (base = 1); 0 while the index is not built yet */
+    uint32_t depth;
+    /* Identity of this layer's content, renewed on every read-write open */
+    uint8_t layer_id[QCOW2_BI_ID_SIZE];
+    /* The parent's layer_id when the index was computed (zero: no parent,
+     * or a parent that is not qcow2) */
+    uint8_t parent_id[QCOW2_BI_ID_SIZE];
+    /* The parent's virtual size in bytes when the index was computed */
+    uint64_t parent_size;
+} Qcow2BackingIndexExt;
+
+int qcow2_bi_ext_parse(const void *buf, size_t len, Qcow2BackingIndexExt *ext,
+                       const char **reason);
+void qcow2_bi_ext_serialize(const Qcow2BackingIndexExt *ext,
+                            uint8_t buf[QCOW2_BI_EXT_SIZE]);
+
+/* One layer of an opened chain, as the validation rules see it */
+typedef struct Qcow2BiLayer {
+    const char *name;           /* file name, for messages */
+    const char *driver;         /* format driver name */
+    bool is_qcow2;
+    bool has_ext;               /* the header extension is present */
+    const char *ext_error;      /* why it could not be parsed, or NULL */
+    bool valid_bit;             /* QCOW2_AUTOCLEAR_BACKING_INDEX is set */
+    Qcow2BackingIndexExt ext;
+    uint64_t size;              /* virtual size in bytes */
+} Qcow2BiLayer;
+
+char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n);
+
+/* qcow2-backing-index-chain.c: the extension, the valid bit, validation */
+int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
+                      Error **errp);
+bool qcow2_bi_open_writable(BlockDriverState *bs, int flags);
+void qcow2_bi_reopen_rw(BlockDriverState *bs);
+int qcow2_bi_invalidate(BlockDriverState *bs, const char *why);
+void qcow2_bi_close(BlockDriverState *bs);
+BlockDriverState *qcow2_bi_next_layer(BlockDriverState *bs);
+bool qcow2_bi_is_qcow2(BlockDriverState *bs);
+uint64_t qcow2_bi_layer_size(BlockDriverState *bs);
+char *qcow2_bi_chain_check(BlockDriverState *bs);
+Qcow2BackingIndexInfo *qcow2_bi_get_info(BlockDriverState *bs);
+
+/* qcow2-backing-index-build.c: computing, writing, stripping, checking */
+int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp);
+int qcow2_bi_build(BlockDriverState *bs, Error **errp);
+int qcow2_bi_strip(BlockDriverState *bs, Error **errp);
+int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
+                   BdrvCheckMode fix);
+int qcow2_bi_snapshot_attached(BlockDriverState *bs, Error **errp);
+int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
+                                    BlockdevCreateOptionsQcow2 *opts,
+                                    Error **errp);
 
 #endif

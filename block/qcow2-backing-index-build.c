@@ -1,0 +1,776 @@
+/*
+ * sQemu: computing, writing, stripping and checking the backing index of
+ * a qcow2 layer
+ *
+ * Copyright (c) 2026 The sQemu authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The index of a layer is computed from the chain below it, one L2 slice
+ * range at a time: when the parent's own index validates, the parent's
+ * entries alone give the answer (an L2 copy); otherwise the chain is walked
+ * down, layer by layer, until every cluster of the range is resolved.  The
+ * caller must keep the chain quiescent (drained, or not in use).
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/cutils.h"
+#include "qapi/error.h"
+#include "qapi/qmp/qdict.h"
+#include "qemu/error-report.h"
+#include "sysemu/block-backend.h"
+#include "qcow2.h"
+#include "qcow2-backing-index.h"
+#include "trace.h"
+
+/* The chain below a layer, gathered and checked once per operation */
+typedef struct BiChain {
+    BlockDriverState *top;
+    BlockDriverState **layer;   /* layer[0] = top, layer[n - 1] = base */
+    unsigned n;
+    bool parent_trusted;        /* layer[1]'s own index validates */
+} BiChain;
+
+static void bi_chain_free(BiChain *c)
+{
+    g_free(c->layer);
+    c->layer = NULL;
+}
+
+/*
+ * Gather the chain of @bs and refuse what the index cannot describe:
+ * too many layers, a non-qcow2 layer above the base, another cluster size,
+ * subclusters, or a qcow2 layer whose size is not a multiple of the
+ * cluster size.
+ */
+static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BlockDriverState *l;
+    unsigned i = 0;
+
+    *c = (BiChain) { .top = bs };
+    if (bs->backing_file[0] && !bs->backing) {
+        error_setg(errp, "The backing chain of '%s' is not open; the backing "
+                   "index is computed from it", bs->filename);
+        return -EINVAL;
+    }
+    for (l = bs; l; l = qcow2_bi_next_layer(l)) {
+        c->n++;
+    }
+    if (c->n > QCOW2_BI_MAX_DEPTH) {
+        error_setg(errp, "The backing chain has %u layers; the backing index "
+                   "can name at most %u", c->n, QCOW2_BI_MAX_DEPTH);
+        error_append_hint(errp, "Use backing-index=off for deeper chains, "
+                          "or shorten the chain with qemu-img commit.\n");
+        return -EINVAL;
+    }
+    c->layer = g_new(BlockDriverState *, c->n);
+    for (l = bs; l; l = qcow2_bi_next_layer(l)) {
+        unsigned depth = c->n - i;
+
+        c->layer[i++] = l;
+        if (!qcow2_bi_is_qcow2(l)) {
+            if (depth == 1 && l != bs) {
+                continue;
+            }
+            error_setg(errp, "Layer '%s' at depth %u is a '%s' node; the "
+                       "backing index needs qcow2 layers over an optional "
+                       "raw base", l->filename, depth,
+                       l->drv ? l->drv->format_name : "(no medium)");
+            goto fail;
+        }
+        {
+            BDRVQcow2State *ls = l->opaque;
+
+            if (ls->cluster_size != s->cluster_size) {
+                error_setg(errp, "Layer '%s' has %d-byte clusters and '%s' "
+                           "%d-byte ones; the backing index needs one "
+                           "cluster size along the chain", l->filename,
+                           ls->cluster_size, bs->filename, s->cluster_size);
+                goto fail;
+            }
+            if (has_subclusters(ls)) {
+                error_setg(errp, "Layer '%s' uses extended L2 entries, which "
+                           "the backing index does not support", l->filename);
+                goto fail;
+            }
+            if (!QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
+                error_setg(errp, "The size of layer '%s' is not a multiple "
+                           "of the cluster size, which the backing index "
+                           "does not support", l->filename);
+                goto fail;
+            }
+        }
+    }
+    if (c->n > 1 && qcow2_bi_is_qcow2(c->layer[1])) {
+        g_autofree char *reason = qcow2_bi_chain_check(c->layer[1]);
+
+        c->parent_trusted = !reason;
+    }
+    return 0;
+
+fail:
+    bi_chain_free(c);
+    return -EINVAL;
+}
+
+/*
+ * Fill @e[0..n) with the standard L2 entries of qcow2 layer @l for the
+ * clusters from @first on (0 where @l has no L2 table).
+ */
+static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
+                           uint64_t *e, Error **errp)
+{
+    BDRVQcow2State *ls = l->opaque;
+    uint64_t *slice = NULL;
+    uint64_t slice_offset = 0;
+    unsigned i;
+    int ret;
+
+    for (i = 0; i < n; i++) {
+        uint64_t cluster = first + i;
+        uint64_t l1_index = cluster >> ls->l2_bits;
+        uint64_t l2_index = cluster & (ls->l2_size - 1);
+        uint64_t l2_offset, want;
+
+        e[i] = 0;
+        if (l1_index >= ls->l1_size) {
+            continue;
+        }
+        l2_offset = ls->l1_table[l1_index] & L1E_OFFSET_MASK;
+        if (!l2_offset) {
+            continue;
+        }
+        if (offset_into_cluster(ls, l2_offset)) {
+            error_setg(errp, "Layer '%s': L2 table offset %#" PRIx64
+                       " unaligned (L1 index %#" PRIx64 ")", l->filename,
+                       l2_offset, l1_index);
+            ret = -EIO;
+            goto out;
+        }
+        want = l2_offset + (l2_index - l2_index % ls->l2_slice_size) *
+               l2_entry_size(ls);
+        if (!slice || want != slice_offset) {
+            if (slice) {
+                qcow2_cache_put(ls->l2_table_cache, (void **)&slice);
+            }
+            ret = qcow2_cache_get(l, ls->l2_table_cache, want,
+                                  (void **)&slice);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not read an L2 table of "
+                                 "'%s'", l->filename);
+                slice = NULL;
+                goto out;
+            }
+            slice_offset = want;
+        }
+        e[i] = get_l2_entry(ls, slice, l2_index % ls->l2_slice_size);
+    }
+    ret = 0;
+out:
+    if (slice) {
+        qcow2_cache_put(ls->l2_table_cache, (void **)&slice);
+    }
+    return ret;
+}
+
+/*
+ * For the @n clusters of the top from @first on, set @depth[i] to the depth
+ * of the lower layer that holds the cluster, or QCOW2_BI_NONE.
+ * @scratch holds @n entries.
+ */
+static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
+                      uint16_t *depth, uint64_t *scratch, Error **errp)
+{
+    BDRVQcow2State *s = c->top->opaque;
+    g_autofree bool *done = g_new0(bool, n);
+    unsigned left = n;
+    unsigned j, i;
+    int ret;
+
+    memset(depth, 0, n * sizeof(depth[0]));
+    for (j = 1; j < c->n && left; j++) {
+        BlockDriverState *l = c->layer[j];
+        unsigned d = c->n - j;
+        uint64_t end = qcow2_bi_layer_size(l) >> s->cluster_bits;
+        bool trusted = j == 1 && c->parent_trusted;
+
+        if (!qcow2_bi_is_qcow2(l)) {
+            /* A raw base holds every cluster that starts inside it */
+            if (!QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
+                end++;
+            }
+            for (i = 0; i < n; i++) {
+                if (!done[i]) {
+                    depth[i] = first + i < end ? d : QCOW2_BI_NONE;
+                    done[i] = true;
+                }
+            }
+            left = 0;
+            break;
+        }
+        ret = bi_read_entries(l, first, n, scratch, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        for (i = 0; i < n; i++) {
+            unsigned below;
+
+            if (done[i]) {
+                continue;
+            }
+            if (first + i >= end) {
+                /* Reads beyond a layer's end give zeroes: nothing below */
+                depth[i] = QCOW2_BI_NONE;
+            } else if (qcow2_get_cluster_type(l, scratch[i]) !=
+                       QCOW2_CLUSTER_UNALLOCATED) {
+                depth[i] = d;
+            } else if (trusted && (below = qcow2_bi_get(scratch[i])) < d) {
+                depth[i] = below;
+            } else {
+                /* Not resolved here (an impossible index is not trusted) */
+                continue;
+            }
+            done[i] = true;
+            left--;
+        }
+    }
+    return 0;
+}
+
+/* The entry @e of the top with index @depth where the format allows one */
+static uint64_t bi_entry_with(BlockDriverState *bs, uint64_t e, unsigned depth)
+{
+    switch (qcow2_get_cluster_type(bs, e)) {
+    case QCOW2_CLUSTER_COMPRESSED:
+        return e;
+    case QCOW2_CLUSTER_UNALLOCATED:
+        return qcow2_bi_set(e, depth);
+    default:
+        return qcow2_bi_set(e, QCOW2_BI_NONE);
+    }
+}
+
+typedef enum BiWalkMode {
+    BI_WRITE,       /* make every entry carry the index the chain gives */
+    BI_STRIP,       /* clear every entry's index bits */
+    BI_COMPARE,     /* count entries that differ from what the chain gives */
+} BiWalkMode;
+
+typedef struct BiWalkStats {
+    uint64_t slices_written;
+    uint64_t entries_changed;
+    uint64_t mismatches;
+    uint64_t first_mismatch;    /* guest offset */
+    unsigned first_has, first_want;
+} BiWalkStats;
+
+/* Walk every L2 slice range of the top's active L1 table */
+static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
+                   Error **errp)
+{
+    BlockDriverState *bs = c->top;
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs),
+                                        s->cluster_size);
+    unsigned slice = s->l2_slice_size;
+    g_autofree uint16_t *depth = g_new(uint16_t, slice);
+    g_autofree uint64_t *scratch = g_new(uint64_t, slice);
+    g_autofree uint64_t *own = g_new(uint64_t, slice);
+    uint64_t first;
+    int ret;
+
+    memset(st, 0, sizeof(*st));
+    for (first = 0; first < nb_clusters; first += slice) {
+        unsigned n = MIN(slice, nb_clusters - first);
+        uint64_t l1_index = first >> s->l2_bits;
+        bool has_l2 = l1_index < s->l1_size &&
+                      (s->l1_table[l1_index] & L1E_OFFSET_MASK);
+        bool any = false, change = false;
+        uint64_t *l2_slice;
+        int l2_index;
+        unsigned i;
+
+        if (mode == BI_STRIP) {
+            memset(depth, 0, n * sizeof(depth[0]));
+        } else {
+            ret = bi_resolve(c, first, n, depth, scratch, errp);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        for (i = 0; i < n; i++) {
+            any |= depth[i] != QCOW2_BI_NONE;
+        }
+        if (!has_l2 && !any) {
+            continue;
+        }
+        if (has_l2) {
+            ret = bi_read_entries(bs, first, n, own, errp);
+            if (ret < 0) {
+                return ret;
+            }
+        } else {
+            memset(own, 0, n * sizeof(own[0]));
+        }
+        for (i = 0; i < n; i++) {
+            uint64_t want = bi_entry_with(bs, own[i], depth[i]);
+
+            if (want == own[i]) {
+                continue;
+            }
+            change = true;
+            if (mode == BI_COMPARE) {
+                if (!st->mismatches++) {
+                    st->first_mismatch = (first + i) << s->cluster_bits;
+                    st->first_has = qcow2_bi_get(own[i]);
+                    st->first_want = qcow2_bi_get(want);
+                }
+                trace_qcow2_bi_check_mismatch(bs, (first + i) <<
+                                              s->cluster_bits,
+                                              qcow2_bi_get(own[i]),
+                                              qcow2_bi_get(want));
+            }
+        }
+        if (!change || mode == BI_COMPARE) {
+            continue;
+        }
+
+        /* Allocates the L2 table, or copies a shared one, as writes do */
+        ret = qcow2_get_cluster_table(bs, first << s->cluster_bits,
+                                      &l2_slice, &l2_index);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not get an L2 table of '%s' "
+                             "for writing", bs->filename);
+            return ret;
+        }
+        assert(l2_index == 0);
+        for (i = 0; i < n; i++) {
+            uint64_t old = get_l2_entry(s, l2_slice, i);
+            uint64_t want = bi_entry_with(bs, old, depth[i]);
+
+            if (want != old) {
+                set_l2_entry(s, l2_slice, i, want);
+                st->entries_changed++;
+            }
+        }
+        qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_slice);
+        qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+        st->slices_written++;
+    }
+    return 0;
+}
+
+/*
+ * Whether the top claims its index is true for the chain @c: the valid bit,
+ * a readable extension, the depth it has, and the parent it has.
+ */
+static bool bi_claims_chain(BiChain *c)
+{
+    BDRVQcow2State *s = c->top->opaque;
+    BlockDriverState *parent = c->n > 1 ? c->layer[1] : NULL;
+    uint8_t parent_id[QCOW2_BI_ID_SIZE] = { 0 };
+
+    if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX) ||
+        s->bi_ext_error || s->bi_ext.depth != c->n) {
+        return false;
+    }
+    if (parent && qcow2_bi_is_qcow2(parent)) {
+        BDRVQcow2State *ps = parent->opaque;
+
+        if (!ps->bi_enabled || ps->bi_ext_error) {
+            return false;
+        }
+        memcpy(parent_id, ps->bi_ext.layer_id, QCOW2_BI_ID_SIZE);
+    }
+    return !memcmp(parent_id, s->bi_ext.parent_id, QCOW2_BI_ID_SIZE) &&
+           s->bi_ext.parent_size ==
+           (parent ? qcow2_bi_layer_size(parent) : 0);
+}
+
+/* Refusals shared by create, amend and snapshot: what the bits cannot do */
+int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (s->qcow_version < 3) {
+        error_setg(errp, "backing-index requires compat=1.1 or later");
+        return -ENOTSUP;
+    }
+    if (has_subclusters(s)) {
+        error_setg(errp, "backing-index cannot be used with extended_l2=on: "
+                   "extended L2 entries have no reserved bits to carry it");
+        return -ENOTSUP;
+    }
+    if (has_data_file(bs)) {
+        error_setg(errp, "backing-index cannot be used with an external data "
+                   "file");
+        return -ENOTSUP;
+    }
+    if (s->nb_snapshots) {
+        error_setg(errp, "backing-index cannot be turned on or off on an "
+                   "image with internal snapshots");
+        error_append_hint(errp, "Delete them with 'qemu-img snapshot -d' "
+                          "first.\n");
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/*
+ * Compute the index of @bs from the chain it has in the graph, write it
+ * into every L2 entry, and mark it valid.  @bs must be writable and its
+ * chain quiescent.
+ */
+int qcow2_bi_build(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BiChain c;
+    BiWalkStats st;
+    BlockDriverState *parent;
+    int ret;
+
+    ret = qcow2_bi_check_supported(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = bi_chain_get(bs, &c, errp);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* Not valid while entries change: a crash leaves an unused index */
+    if (!s->bi_enabled) {
+        s->bi_enabled = true;
+        memset(&s->bi_ext, 0, sizeof(s->bi_ext));
+    }
+    if (buffer_is_zero(s->bi_ext.layer_id, QCOW2_BI_ID_SIZE)) {
+        qcow2_bi_open_writable(bs, 0);
+    }
+    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        goto out;
+    }
+
+    ret = bi_walk(&c, BI_WRITE, &st, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_cache_flush(bs, s->l2_table_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
+                         bs->filename);
+        goto out;
+    }
+
+    parent = c.n > 1 ? c.layer[1] : NULL;
+    s->bi_ext.depth = c.n;
+    memset(s->bi_ext.parent_id, 0, QCOW2_BI_ID_SIZE);
+    s->bi_ext.parent_size = parent ? qcow2_bi_layer_size(parent) : 0;
+    if (parent && qcow2_bi_is_qcow2(parent)) {
+        BDRVQcow2State *ps = parent->opaque;
+
+        if (ps->bi_enabled && !ps->bi_ext_error) {
+            memcpy(s->bi_ext.parent_id, ps->bi_ext.layer_id,
+                   QCOW2_BI_ID_SIZE);
+        }
+    }
+    s->autoclear_features |= QCOW2_AUTOCLEAR_BACKING_INDEX;
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        goto out;
+    }
+    trace_qcow2_bi_build(bs, c.n, c.parent_trusted, st.slices_written,
+                         st.entries_changed);
+out:
+    bi_chain_free(&c);
+    return ret;
+}
+
+/* Clear every index bit of @bs and drop the extension and the valid bit */
+int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BiChain c = { .top = bs, .n = 1 };
+    BiWalkStats st;
+    int ret;
+
+    if (!s->bi_enabled &&
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
+        return 0;
+    }
+    if (s->nb_snapshots) {
+        return qcow2_bi_check_supported(bs, errp);
+    }
+    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        return ret;
+    }
+    ret = bi_walk(&c, BI_STRIP, &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_flush(bs, s->l2_table_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
+                         bs->filename);
+        return ret;
+    }
+    s->bi_enabled = false;
+    g_free(s->bi_ext_error);
+    s->bi_ext_error = NULL;
+    memset(&s->bi_ext, 0, sizeof(s->bi_ext));
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        return ret;
+    }
+    trace_qcow2_bi_strip(bs, st.entries_changed);
+    return 0;
+}
+
+/*
+ * qemu-img check: compare every entry's index with what the chain gives.
+ * Mismatches are corruption when the index claims to be valid for this
+ * chain; otherwise the index is unused and only reported.  With
+ * BDRV_FIX_ERRORS, recompute it.
+ */
+int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
+                   BdrvCheckMode fix)
+{
+    BDRVQcow2State *s = bs->opaque;
+    g_autofree char *reason = NULL;
+    Error *local_err = NULL;
+    BiWalkStats st;
+    BiChain c;
+    bool claimed;
+    bool other = res->corruptions || res->check_errors;
+    int ret;
+
+    if (!s->bi_enabled) {
+        return 0;
+    }
+    reason = qcow2_bi_chain_check(bs);
+    ret = bi_chain_get(bs, &c, &local_err);
+    if (ret < 0) {
+        fprintf(stderr, "Backing index not checked: %s\n",
+                error_get_pretty(local_err));
+        error_free(local_err);
+        res->check_errors++;
+        return 0;
+    }
+    /*
+     * Only this layer's own claim counts: an index recorded for another
+     * chain is not used here, so it is not corrupt; lower layers are
+     * checked on their own.
+     */
+    claimed = bi_claims_chain(&c);
+    ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
+    bi_chain_free(&c);
+    if (ret < 0) {
+        fprintf(stderr, "Backing index not checked: %s\n",
+                error_get_pretty(local_err));
+        error_free(local_err);
+        res->check_errors++;
+        return 0;
+    }
+
+    if (st.mismatches) {
+        fprintf(stderr, "%s %" PRIu64 " backing index entries differ from "
+                "the chain (first: offset %#" PRIx64 " names layer %u, the "
+                "chain puts it in layer %u)\n",
+                claimed ? (fix & BDRV_FIX_ERRORS ? "Repairing" : "ERROR")
+                        : "Unused index:",
+                st.mismatches, st.first_mismatch, st.first_has,
+                st.first_want);
+        if (claimed) {
+            res->corruptions += st.mismatches;
+        }
+    }
+    if (!claimed || reason) {
+        fprintf(stderr, "Backing index not in use: %s\n",
+                reason ? reason : "the valid bit is clear");
+    }
+    if ((fix & BDRV_FIX_ERRORS) && other) {
+        fprintf(stderr, "Backing index not rebuilt: the image has other "
+                "errors left\n");
+    } else if ((fix & BDRV_FIX_ERRORS) &&
+               (st.mismatches || !claimed || reason)) {
+        ret = qcow2_bi_build(bs, &local_err);
+        if (ret < 0) {
+            fprintf(stderr, "Could not rebuild the backing index: %s\n",
+                    error_get_pretty(local_err));
+            error_free(local_err);
+            res->check_errors++;
+            return 0;
+        }
+        if (claimed) {
+            res->corruptions -= st.mismatches;
+            res->corruptions_fixed += st.mismatches;
+        }
+        fprintf(stderr, "Backing index rebuilt\n");
+    }
+    return 0;
+}
+
+static unsigned bi_chain_length(BlockDriverState *bs)
+{
+    unsigned n = 0;
+
+    for (; bs; bs = qcow2_bi_next_layer(bs)) {
+        n++;
+    }
+    return n;
+}
+
+/*
+ * @bs was just put over its backing as an external snapshot overlay
+ * (blockdev-snapshot, blockdev-snapshot-sync).  If it has the feature on
+ * (created with backing-index=on, or by default over an indexed top) and
+ * its index does not validate over the chain it has now, build it here,
+ * where the old top's metadata is current.
+ */
+int qcow2_bi_snapshot_attached(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    g_autofree char *reason = NULL;
+
+    if (!s->bi_enabled) {
+        return 0;
+    }
+    if (!bdrv_is_writable(bs)) {
+        return 0;
+    }
+    if (bi_chain_length(bs) > QCOW2_BI_MAX_DEPTH) {
+        /* Past the limit the overlay is read the vanilla way */
+        warn_report("'%s' gets no backing index: its backing chain is deeper "
+                    "than the %u layers the index can name", bs->filename,
+                    QCOW2_BI_MAX_DEPTH);
+        return qcow2_bi_strip(bs, errp);
+    }
+    reason = qcow2_bi_chain_check(bs);
+    if (!reason) {
+        return 0;
+    }
+    return qcow2_bi_build(bs, errp);
+}
+
+/* A writable node of this process that has @filename open, if any */
+static BlockDriverState *bi_find_writable_node(const char *filename)
+{
+    BlockDriverState *bs = NULL;
+
+    while ((bs = bdrv_next_all_states(bs))) {
+        if (bs->drv && !bs->drv->protocol_name &&
+            !strcmp(bs->filename, filename) && bdrv_is_writable(bs)) {
+            return bs;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The last step of creating a qcow2 image on @file_bs: give it its backing
+ * index if asked to (@opts->backing_index), or by default if the backing
+ * file has one.  The index is computed from the backing chain, opened
+ * read-only here.  A backing file that this process has open writable
+ * (blockdev-snapshot-sync, blockdev-create under a running VM) is not read
+ * behind its owner's back: the image gets an index that is not built yet,
+ * and the snapshot builds it when it attaches the image.
+ */
+int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
+                                    BlockdevCreateOptionsQcow2 *opts,
+                                    Error **errp)
+{
+    bool explicit = opts->has_backing_index;
+    BlockBackend *blk;
+    BlockDriverState *bs, *live = NULL, *parent;
+    BDRVQcow2State *s;
+    QDict *options;
+    bool want;
+    int ret;
+
+    if (explicit && !opts->backing_index) {
+        return 0;
+    }
+    if (!explicit && !opts->has_backing_file) {
+        return 0;
+    }
+
+    if (opts->has_backing_file) {
+        g_autofree char *full = NULL;
+
+        options = qdict_new();
+        qdict_put_str(options, "driver", "qcow2");
+        qdict_put_str(options, "file", file_bs->node_name);
+        blk = blk_new_open(NULL, NULL, options,
+                           BDRV_O_NO_BACKING | BDRV_O_NO_IO, errp);
+        if (!blk) {
+            return -EIO;
+        }
+        full = bdrv_get_full_backing_filename(blk_bs(blk), NULL);
+        blk_unref(blk);
+        live = full ? bi_find_writable_node(full) : NULL;
+    }
+
+    options = qdict_new();
+    qdict_put_str(options, "driver", "qcow2");
+    qdict_put_str(options, "file", file_bs->node_name);
+    blk = blk_new_open(NULL, NULL, options,
+                       BDRV_O_RDWR | BDRV_O_NO_FLUSH | BDRV_O_NO_IO |
+                       (live ? BDRV_O_NO_BACKING : 0), errp);
+    if (!blk) {
+        return -EIO;
+    }
+    bs = blk_bs(blk);
+    s = bs->opaque;
+    parent = live ? live : (bs->backing ? bs->backing->bs : NULL);
+    want = explicit || (parent && qcow2_bi_is_qcow2(parent) &&
+                        ((BDRVQcow2State *)parent->opaque)->bi_enabled);
+    if (!want) {
+        ret = 0;
+        goto out;
+    }
+    ret = qcow2_bi_check_supported(bs, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (!live && bi_chain_length(bs) > QCOW2_BI_MAX_DEPTH && !explicit) {
+        warn_report("'%s' gets no backing index: its backing chain is deeper "
+                    "than the %u layers the index can name", bs->filename,
+                    QCOW2_BI_MAX_DEPTH);
+        ret = 0;
+        goto out;
+    }
+    if (live) {
+        /* Built when the image is attached over its live backing file */
+        s->bi_enabled = true;
+        memset(&s->bi_ext, 0, sizeof(s->bi_ext));
+        qcow2_bi_open_writable(bs, 0);
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
+        ret = qcow2_update_header(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                             bs->filename);
+        }
+        goto out;
+    }
+    ret = qcow2_bi_build(bs, errp);
+    if (ret < 0) {
+        error_prepend(errp, "Could not build the backing index: ");
+    }
+out:
+    blk_unref(blk);
+    return ret;
+}
