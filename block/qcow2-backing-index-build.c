@@ -262,6 +262,7 @@ typedef struct BiWalkStats {
     uint64_t slices_written;
     uint64_t entries_changed;
     uint64_t mismatches;
+    uint64_t stale;             /* index bits on entries that hold data */
     uint64_t first_mismatch;    /* guest offset */
     unsigned first_has, first_want;
 } BiWalkStats;
@@ -321,7 +322,12 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
                 continue;
             }
             change = true;
-            if (mode == BI_COMPARE) {
+            if (mode == BI_COMPARE &&
+                qcow2_get_cluster_type(bs, own[i]) !=
+                QCOW2_CLUSTER_UNALLOCATED) {
+                /* Readers ignore the index of a cluster a layer holds */
+                st->stale++;
+            } else if (mode == BI_COMPARE) {
                 if (!st->mismatches++) {
                     st->first_mismatch = (first + i) << s->cluster_bits;
                     st->first_has = qcow2_bi_get(own[i]);
@@ -360,33 +366,6 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
         st->slices_written++;
     }
     return 0;
-}
-
-/*
- * Whether the top claims its index is true for the chain @c: the valid bit,
- * a readable extension, the depth it has, and the parent it has.
- */
-static bool bi_claims_chain(BiChain *c)
-{
-    BDRVQcow2State *s = c->top->opaque;
-    BlockDriverState *parent = c->n > 1 ? c->layer[1] : NULL;
-    uint8_t parent_id[QCOW2_BI_ID_SIZE] = { 0 };
-
-    if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX) ||
-        s->bi_ext_error || s->bi_ext.depth != c->n) {
-        return false;
-    }
-    if (parent && qcow2_bi_is_qcow2(parent)) {
-        BDRVQcow2State *ps = parent->opaque;
-
-        if (!ps->bi_enabled || ps->bi_ext_error) {
-            return false;
-        }
-        memcpy(parent_id, ps->bi_ext.layer_id, QCOW2_BI_ID_SIZE);
-    }
-    return !memcmp(parent_id, s->bi_ext.parent_id, QCOW2_BI_ID_SIZE) &&
-           s->bi_ext.parent_size ==
-           (parent ? qcow2_bi_layer_size(parent) : 0);
 }
 
 /* Refusals shared by create, amend and snapshot: what the bits cannot do */
@@ -571,11 +550,10 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
         return 0;
     }
     /*
-     * Only this layer's own claim counts: an index recorded for another
-     * chain is not used here, so it is not corrupt; lower layers are
-     * checked on their own.
+     * A wrong entry is corruption only in an index that would be used with
+     * this chain; one that does not validate is not used, and is reported.
      */
-    claimed = bi_claims_chain(&c);
+    claimed = !reason;
     ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
     bi_chain_free(&c);
     if (ret < 0) {
@@ -598,15 +576,19 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
             res->corruptions += st.mismatches;
         }
     }
-    if (!claimed || reason) {
-        fprintf(stderr, "Backing index not in use: %s\n",
-                reason ? reason : "the valid bit is clear");
+    if (st.stale) {
+        fprintf(stderr, "%" PRIu64 " L2 entries that hold their cluster "
+                "carry stale index bits (ignored; -r all clears them)\n",
+                st.stale);
+    }
+    if (!claimed) {
+        fprintf(stderr, "Backing index not in use: %s\n", reason);
     }
     if ((fix & BDRV_FIX_ERRORS) && other) {
         fprintf(stderr, "Backing index not rebuilt: the image has other "
                 "errors left\n");
     } else if ((fix & BDRV_FIX_ERRORS) &&
-               (st.mismatches || !claimed || reason)) {
+               (st.mismatches || st.stale || !claimed)) {
         ret = qcow2_bi_build(bs, &local_err);
         if (ret < 0) {
             fprintf(stderr, "Could not rebuild the backing index: %s\n",
@@ -694,6 +676,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     Error **errp)
 {
     bool explicit = opts->has_backing_index;
+    Error *local_err = NULL;
     BlockBackend *blk;
     BlockDriverState *bs, *live = NULL, *parent;
     BDRVQcow2State *s;
@@ -729,7 +712,16 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
     qdict_put_str(options, "file", file_bs->node_name);
     blk = blk_new_open(NULL, NULL, options,
                        BDRV_O_RDWR | BDRV_O_NO_FLUSH | BDRV_O_NO_IO |
-                       (live ? BDRV_O_NO_BACKING : 0), errp);
+                       (live ? BDRV_O_NO_BACKING : 0),
+                       explicit ? errp : &local_err);
+    if (!blk && !explicit) {
+        /*
+         * By default the index follows the backing file's; one that cannot
+         * be opened (qemu-img create -u) gives an image without an index.
+         */
+        error_free(local_err);
+        return 0;
+    }
     if (!blk) {
         return -EIO;
     }

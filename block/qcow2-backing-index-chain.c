@@ -16,6 +16,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qapi/qmp/qdict.h"
 #include "qemu/error-report.h"
 #include "qemu/uuid.h"
 #include "qcow2.h"
@@ -171,23 +172,16 @@ static void bi_describe_layer(BlockDriverState *bs, Qcow2BiLayer *l)
     }
 }
 
-/*
- * Whether the index of @bs may be used with the chain @bs has in the graph
- * now.  Returns NULL if so, else why not (g_free it).
- */
-char *qcow2_bi_chain_check(BlockDriverState *bs)
+/* Whether the index of @bs validates over the chain from @below down */
+static char *bi_chain_check_over(BlockDriverState *bs,
+                                 BlockDriverState *below)
 {
     g_autofree Qcow2BiLayer *layers = NULL;
     BlockDriverState *l;
-    unsigned n = 0, i = 0;
+    unsigned n = 1, i = 1;
     char *reason;
 
-    if (bs->backing_file[0] && !bs->backing) {
-        reason = g_strdup("the backing chain is not open");
-        trace_qcow2_bi_validate(bs, 1, reason);
-        return reason;
-    }
-    for (l = bs; l; l = qcow2_bi_next_layer(l)) {
+    for (l = below; l; l = qcow2_bi_next_layer(l)) {
         n++;
     }
     if (n > QCOW2_BI_MAX_DEPTH) {
@@ -197,11 +191,64 @@ char *qcow2_bi_chain_check(BlockDriverState *bs)
         return reason;
     }
     layers = g_new(Qcow2BiLayer, n);
-    for (l = bs; l; l = qcow2_bi_next_layer(l)) {
+    bi_describe_layer(bs, &layers[0]);
+    for (l = below; l; l = qcow2_bi_next_layer(l)) {
         bi_describe_layer(l, &layers[i++]);
     }
     reason = qcow2_bi_chain_invalid_reason(layers, n);
     trace_qcow2_bi_validate(bs, n, reason ? reason : "valid");
+    return reason;
+}
+
+/*
+ * Whether the index of @bs may be used with the chain @bs has in the graph
+ * now.  Returns NULL if so, else why not (g_free it).
+ */
+char *qcow2_bi_chain_check(BlockDriverState *bs)
+{
+    char *reason;
+
+    if (bs->backing_file[0] && !bs->backing) {
+        reason = g_strdup("the backing chain is not open");
+        trace_qcow2_bi_validate(bs, 1, reason);
+        return reason;
+    }
+    return bi_chain_check_over(bs, qcow2_bi_next_layer(bs));
+}
+
+/*
+ * The same for a node opened without its backing chain (qemu-img info):
+ * open the chain read-only, sharing it with any writer, just to look.
+ */
+static char *bi_chain_check_detached(BlockDriverState *bs)
+{
+    g_autofree char *backing = NULL;
+    BlockDriverState *below;
+    Error *local_err = NULL;
+    QDict *options;
+    char *reason;
+
+    backing = bdrv_get_full_backing_filename(bs, &local_err);
+    if (!backing) {
+        reason = g_strdup_printf("the backing chain could not be opened: %s",
+                                 error_get_pretty(local_err));
+        error_free(local_err);
+        return reason;
+    }
+    options = qdict_new();
+    if (bs->backing_format[0]) {
+        qdict_put_str(options, "driver", bs->backing_format);
+    }
+    qdict_put_bool(options, BDRV_OPT_FORCE_SHARE, true);
+    below = bdrv_open(backing, NULL, options, BDRV_O_NO_IO, &local_err);
+    if (!below) {
+        reason = g_strdup_printf("the backing chain could not be opened: %s",
+                                 error_get_pretty(local_err));
+        error_free(local_err);
+        return reason;
+    }
+    reason = bi_chain_check_over(bs, below);
+    bdrv_unref(below);
     return reason;
 }
 
@@ -225,13 +272,16 @@ Qcow2BackingIndexInfo *qcow2_bi_get_info(BlockDriverState *bs)
         reason = g_strdup(s->bi_ext_error);
     } else if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
         reason = g_strdup(s->bi_ext.depth ?
-                          "the valid bit is clear: the image was written by "
-                          "a program that does not keep the index" :
+                          "the valid bit is clear: the image was changed in "
+                          "a way that does not keep the index (a write by a "
+                          "QEMU without it, a rebase, a commit)" :
                           "not built yet");
     }
     info->valid = !reason;
-    if (!bs->backing_file[0] || bs->backing) {
-        char *chain_reason = qcow2_bi_chain_check(bs);
+    {
+        char *chain_reason = bs->backing_file[0] && !bs->backing ?
+                             bi_chain_check_detached(bs) :
+                             qcow2_bi_chain_check(bs);
 
         info->has_chain_valid = true;
         info->chain_valid = !chain_reason;

@@ -133,8 +133,8 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
         }
         if (!l->valid_bit) {
             return g_strdup_printf("layer '%s' at depth %u: the valid bit is "
-                                   "clear (written by a program that does not "
-                                   "keep the index, or not built yet)",
+                                   "clear (index not built, or the image was "
+                                   "changed in a way that does not keep it)",
                                    l->name, depth);
         }
         if (l->ext.depth != depth) {
