@@ -111,7 +111,8 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
         return g_strdup_printf("the chain has %u layers, the backing index "
                                "can name at most %u", n, QCOW2_BI_MAX_DEPTH);
     }
-    for (i = 0; i < n; i++) {
+    /* First what each layer says of itself, from the base up */
+    for (i = n; i-- > 0;) {
         const Qcow2BiLayer *l = &layers[i];
         unsigned depth = n - i;
 
@@ -125,7 +126,8 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
         }
         if (!l->has_ext) {
             return g_strdup_printf("layer '%s' at depth %u has no backing "
-                                   "index", l->name, depth);
+                                   "index (index a chain from the base up)",
+                                   l->name, depth);
         }
         if (l->ext_error) {
             return g_strdup_printf("layer '%s' at depth %u: %s", l->name,
@@ -142,29 +144,82 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
                                    "at depth %u in this chain", l->name,
                                    l->ext.depth, depth);
         }
-        if (i == n - 1) {
+    }
+    /* Then whether each was indexed over the parent it has now */
+    for (i = n; i-- > 0;) {
+        const Qcow2BiLayer *l = &layers[i];
+        const Qcow2BiLayer *parent = i + 1 < n ? &layers[i + 1] : NULL;
+        bool same;
+
+        if (!l->is_qcow2) {
+            continue;
+        }
+        if (!parent) {
             if (!bi_id_is_zero(l->ext.parent_id)) {
                 return g_strdup_printf("layer '%s' was indexed over a backing "
                                        "file but has none now", l->name);
             }
+            continue;
+        }
+        if (parent->is_qcow2) {
+            same = !bi_id_is_zero(l->ext.parent_id) &&
+                   !memcmp(l->ext.parent_id, parent->ext.layer_id,
+                           QCOW2_BI_ID_SIZE);
         } else {
-            const Qcow2BiLayer *parent = &layers[i + 1];
-            bool same;
-
-            if (parent->is_qcow2) {
-                same = parent->has_ext && !parent->ext_error &&
-                       !bi_id_is_zero(l->ext.parent_id) &&
-                       !memcmp(l->ext.parent_id, parent->ext.layer_id,
-                               QCOW2_BI_ID_SIZE);
-            } else {
-                same = bi_id_is_zero(l->ext.parent_id);
-            }
-            if (!same || l->ext.parent_size != parent->size) {
-                return g_strdup_printf("layer '%s' was indexed over another "
-                                       "backing file than '%s' (changed since)",
-                                       l->name, parent->name);
-            }
+            same = bi_id_is_zero(l->ext.parent_id);
+        }
+        if (!same || l->ext.parent_size != parent->size) {
+            return g_strdup_printf("layer '%s' was indexed over another "
+                                   "state of its backing file '%s' (changed, "
+                                   "swapped or re-indexed since)",
+                                   l->name, parent->name);
         }
     }
     return NULL;
+}
+
+/*
+ * The rules for one layer and its parent alone (@parent NULL for a base):
+ * what qemu-img info can tell without opening the whole chain.  The chain
+ * validates if and only if every layer passes this and its depth matches
+ * its place.  Returns NULL if @layer passes, else why not (g_free it).
+ */
+char *qcow2_bi_link_invalid_reason(const Qcow2BiLayer *layer,
+                                   const Qcow2BiLayer *parent)
+{
+    Qcow2BiLayer pair[2];
+    unsigned parent_depth;
+
+    if (!parent) {
+        return qcow2_bi_chain_invalid_reason(layer, 1);
+    }
+    if (!parent->is_qcow2) {
+        parent_depth = 1;
+    } else if (parent->has_ext && !parent->ext_error && parent->ext.depth) {
+        parent_depth = parent->ext.depth;
+    } else {
+        return g_strdup_printf("layer '%s' has no backing index",
+                               parent->name);
+    }
+    if (parent_depth >= QCOW2_BI_MAX_DEPTH) {
+        return g_strdup_printf("the chain is deeper than the %u layers the "
+                               "backing index can name", QCOW2_BI_MAX_DEPTH);
+    }
+    /* Judge the pair as the top two layers of a chain of the right depth */
+    pair[0] = *layer;
+    pair[1] = *parent;
+    if (parent->is_qcow2) {
+        /* The parent's own bit and depth are judged on its own line */
+        pair[1].valid_bit = true;
+        pair[1].ext.depth = 1;
+        memset(pair[1].ext.parent_id, 0, QCOW2_BI_ID_SIZE);
+    }
+    if (layer->is_qcow2 && layer->has_ext && !layer->ext_error &&
+        layer->valid_bit && layer->ext.depth != parent_depth + 1) {
+        return g_strdup_printf("layer '%s' was indexed at depth %u but is "
+                               "at depth %u in this chain", layer->name,
+                               layer->ext.depth, parent_depth + 1);
+    }
+    pair[0].ext.depth = 2;
+    return qcow2_bi_chain_invalid_reason(pair, 2);
 }

@@ -95,6 +95,8 @@ typedef struct Qcow2BiLayer {
 } Qcow2BiLayer;
 
 char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n);
+char *qcow2_bi_link_invalid_reason(const Qcow2BiLayer *layer,
+                                   const Qcow2BiLayer *parent);
 
 /* qcow2-backing-index-chain.c: the extension, the valid bit, validation */
 int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
