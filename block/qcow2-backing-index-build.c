@@ -90,12 +90,13 @@ static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
                            ls->cluster_size, bs->filename, s->cluster_size);
                 goto fail;
             }
-            if (has_subclusters(ls)) {
+            if (has_subclusters(ls) && l != bs) {
                 error_setg(errp, "Layer '%s' uses extended L2 entries, which "
                            "the backing index does not support", l->filename);
                 goto fail;
             }
-            if (!QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
+            if (l != bs &&
+                !QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
                 error_setg(errp, "The size of layer '%s' is not a multiple "
                            "of the cluster size, which the backing index "
                            "does not support", l->filename);
@@ -533,14 +534,20 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     Error *local_err = NULL;
     BiWalkStats st;
     BiChain c;
-    bool claimed;
-    bool other = res->corruptions || res->check_errors;
     int ret;
 
     if (!s->bi_enabled) {
         return 0;
     }
+    /*
+     * Only an index that would be used with this chain can be corrupt; one
+     * that does not validate is not used (qemu-img info says why), and
+     * stale bits on entries that hold their cluster are ignored by readers.
+     */
     reason = qcow2_bi_chain_check(bs);
+    if (reason) {
+        return 0;
+    }
     ret = bi_chain_get(bs, &c, &local_err);
     if (ret < 0) {
         fprintf(stderr, "Backing index not checked: %s\n",
@@ -549,11 +556,6 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
         res->check_errors++;
         return 0;
     }
-    /*
-     * A wrong entry is corruption only in an index that would be used with
-     * this chain; one that does not validate is not used, and is reported.
-     */
-    claimed = !reason;
     ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
     bi_chain_free(&c);
     if (ret < 0) {
@@ -563,46 +565,34 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
         res->check_errors++;
         return 0;
     }
+    if (!st.mismatches) {
+        return 0;
+    }
 
-    if (st.mismatches) {
-        fprintf(stderr, "%s %" PRIu64 " backing index entries differ from "
-                "the chain (first: offset %#" PRIx64 " names layer %u, the "
-                "chain puts it in layer %u)\n",
-                claimed ? (fix & BDRV_FIX_ERRORS ? "Repairing" : "ERROR")
-                        : "Unused index:",
-                st.mismatches, st.first_mismatch, st.first_has,
-                st.first_want);
-        if (claimed) {
-            res->corruptions += st.mismatches;
-        }
+    fprintf(stderr, "%s %" PRIu64 " backing index entries differ from the "
+            "chain (first: offset %#" PRIx64 " names layer %u, the chain "
+            "puts it in layer %u)\n",
+            fix & BDRV_FIX_ERRORS ? "Repairing" : "ERROR", st.mismatches,
+            st.first_mismatch, st.first_has, st.first_want);
+    res->corruptions += st.mismatches;
+    if (!(fix & BDRV_FIX_ERRORS)) {
+        return 0;
     }
-    if (st.stale) {
-        fprintf(stderr, "%" PRIu64 " L2 entries that hold their cluster "
-                "carry stale index bits (ignored; -r all clears them)\n",
-                st.stale);
-    }
-    if (!claimed) {
-        fprintf(stderr, "Backing index not in use: %s\n", reason);
-    }
-    if ((fix & BDRV_FIX_ERRORS) && other) {
+    if (res->corruptions > st.mismatches || res->check_errors) {
         fprintf(stderr, "Backing index not rebuilt: the image has other "
                 "errors left\n");
-    } else if ((fix & BDRV_FIX_ERRORS) &&
-               (st.mismatches || st.stale || !claimed)) {
-        ret = qcow2_bi_build(bs, &local_err);
-        if (ret < 0) {
-            fprintf(stderr, "Could not rebuild the backing index: %s\n",
-                    error_get_pretty(local_err));
-            error_free(local_err);
-            res->check_errors++;
-            return 0;
-        }
-        if (claimed) {
-            res->corruptions -= st.mismatches;
-            res->corruptions_fixed += st.mismatches;
-        }
-        fprintf(stderr, "Backing index rebuilt\n");
+        return 0;
     }
+    ret = qcow2_bi_build(bs, &local_err);
+    if (ret < 0) {
+        fprintf(stderr, "Could not rebuild the backing index: %s\n",
+                error_get_pretty(local_err));
+        error_free(local_err);
+        res->check_errors++;
+        return 0;
+    }
+    res->corruptions -= st.mismatches;
+    res->corruptions_fixed += st.mismatches;
     return 0;
 }
 
@@ -648,6 +638,18 @@ int qcow2_bi_snapshot_attached(BlockDriverState *bs, Error **errp)
     return qcow2_bi_build(bs, errp);
 }
 
+/* Open the qcow2 image being created on @file_bs, for metadata only */
+static BlockBackend *bi_open_new_image(BlockDriverState *file_bs, int flags,
+                                       Error **errp)
+{
+    QDict *options = qdict_new();
+
+    qdict_put_str(options, "driver", "qcow2");
+    qdict_put_str(options, "file", file_bs->node_name);
+    return blk_new_open(NULL, NULL, options,
+                        flags | BDRV_O_NO_FLUSH | BDRV_O_NO_IO, errp);
+}
+
 /* A writable node of this process that has @filename open, if any */
 static BlockDriverState *bi_find_writable_node(const char *filename)
 {
@@ -676,12 +678,11 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     Error **errp)
 {
     bool explicit = opts->has_backing_index;
+    BlockDriverState *bs, *live = NULL, *parent;
     Error *local_err = NULL;
     BlockBackend *blk;
-    BlockDriverState *bs, *live = NULL, *parent;
     BDRVQcow2State *s;
-    QDict *options;
-    bool want;
+    bool defer;
     int ret;
 
     if (explicit && !opts->backing_index) {
@@ -694,11 +695,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
     if (opts->has_backing_file) {
         g_autofree char *full = NULL;
 
-        options = qdict_new();
-        qdict_put_str(options, "driver", "qcow2");
-        qdict_put_str(options, "file", file_bs->node_name);
-        blk = blk_new_open(NULL, NULL, options,
-                           BDRV_O_NO_BACKING | BDRV_O_NO_IO, errp);
+        blk = bi_open_new_image(file_bs, BDRV_O_NO_BACKING, errp);
         if (!blk) {
             return -EIO;
         }
@@ -707,30 +704,38 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         live = full ? bi_find_writable_node(full) : NULL;
     }
 
-    options = qdict_new();
-    qdict_put_str(options, "driver", "qcow2");
-    qdict_put_str(options, "file", file_bs->node_name);
-    blk = blk_new_open(NULL, NULL, options,
-                       BDRV_O_RDWR | BDRV_O_NO_FLUSH | BDRV_O_NO_IO |
-                       (live ? BDRV_O_NO_BACKING : 0),
-                       explicit ? errp : &local_err);
-    if (!blk && !explicit) {
-        /*
-         * By default the index follows the backing file's; one that cannot
-         * be opened (qemu-img create -u) gives an image without an index.
-         */
+    defer = live;
+    blk = bi_open_new_image(file_bs, BDRV_O_RDWR |
+                            (live ? BDRV_O_NO_BACKING : 0), &local_err);
+    if (!blk && opts->has_backing_file) {
         error_free(local_err);
-        return 0;
+        local_err = NULL;
+        if (!explicit) {
+            /*
+             * By default the index follows the backing file's; one that
+             * cannot be read (qemu-img create -u) gives no index.
+             */
+            return 0;
+        }
+        /*
+         * Asked for, over a backing file that cannot be read now (locked by
+         * its user, or missing as with qemu-img create -u): the index is
+         * built when the image is attached as a snapshot overlay, or by
+         * qemu-img amend.
+         */
+        defer = true;
+        blk = bi_open_new_image(file_bs, BDRV_O_RDWR | BDRV_O_NO_BACKING,
+                                &local_err);
     }
     if (!blk) {
+        error_propagate(errp, local_err);
         return -EIO;
     }
     bs = blk_bs(blk);
     s = bs->opaque;
     parent = live ? live : (bs->backing ? bs->backing->bs : NULL);
-    want = explicit || (parent && qcow2_bi_is_qcow2(parent) &&
-                        ((BDRVQcow2State *)parent->opaque)->bi_enabled);
-    if (!want) {
+    if (!explicit && !(parent && qcow2_bi_is_qcow2(parent) &&
+                       ((BDRVQcow2State *)parent->opaque)->bi_enabled)) {
         ret = 0;
         goto out;
     }
@@ -738,14 +743,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
     if (ret < 0) {
         goto out;
     }
-    if (!live && bi_chain_length(bs) > QCOW2_BI_MAX_DEPTH && !explicit) {
-        warn_report("'%s' gets no backing index: its backing chain is deeper "
-                    "than the %u layers the index can name", bs->filename,
-                    QCOW2_BI_MAX_DEPTH);
-        ret = 0;
-        goto out;
-    }
-    if (live) {
+    if (defer) {
         /* Built when the image is attached over its live backing file */
         s->bi_enabled = true;
         memset(&s->bi_ext, 0, sizeof(s->bi_ext));
@@ -758,9 +756,14 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         }
         goto out;
     }
-    ret = qcow2_bi_build(bs, errp);
-    if (ret < 0) {
+    ret = qcow2_bi_build(bs, explicit ? errp : &local_err);
+    if (ret < 0 && explicit) {
         error_prepend(errp, "Could not build the backing index: ");
+    } else if (ret < 0) {
+        /* By default, a chain the index cannot describe just gets none */
+        warn_reportf_err(local_err, "'%s' gets no backing index: ",
+                         bs->filename);
+        ret = qcow2_bi_strip(bs, errp);
     }
 out:
     blk_unref(blk);
