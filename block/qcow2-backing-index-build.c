@@ -144,8 +144,8 @@ static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
             continue;
         }
         if (offset_into_cluster(ls, l2_offset)) {
-            error_setg(errp, "Layer '%s': L2 table offset %#" PRIx64
-                       " unaligned (L1 index %#" PRIx64 ")", l->filename,
+            error_setg(errp, "Layer '%s': L2 table offset 0x%" PRIx64
+                       " unaligned (L1 index 0x%" PRIx64 ")", l->filename,
                        l2_offset, l1_index);
             ret = -EIO;
             goto out;
@@ -216,8 +216,6 @@ static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
             return ret;
         }
         for (i = 0; i < n; i++) {
-            unsigned below;
-
             if (done[i]) {
                 continue;
             }
@@ -227,8 +225,8 @@ static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
             } else if (qcow2_get_cluster_type(l, scratch[i]) !=
                        QCOW2_CLUSTER_UNALLOCATED) {
                 depth[i] = d;
-            } else if (trusted && (below = qcow2_bi_get(scratch[i])) < d) {
-                depth[i] = below;
+            } else if (trusted && qcow2_bi_get(scratch[i]) < d) {
+                depth[i] = qcow2_bi_get(scratch[i]);
             } else {
                 /* Not resolved here (an impossible index is not trusted) */
                 continue;
@@ -570,7 +568,7 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     }
 
     fprintf(stderr, "%s %" PRIu64 " backing index entries differ from the "
-            "chain (first: offset %#" PRIx64 " names layer %u, the chain "
+            "chain (first: offset 0x%" PRIx64 " names layer %u, the chain "
             "puts it in layer %u)\n",
             fix & BDRV_FIX_ERRORS ? "Repairing" : "ERROR", st.mismatches,
             st.first_mismatch, st.first_has, st.first_want);
