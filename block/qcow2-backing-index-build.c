@@ -18,6 +18,7 @@
 #include "qapi/error.h"
 #include "qapi/qmp/qdict.h"
 #include "qemu/error-report.h"
+#include "qemu/memalign.h"
 #include "sysemu/block-backend.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
@@ -124,56 +125,48 @@ static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
                            uint64_t *e, Error **errp)
 {
     BDRVQcow2State *ls = l->opaque;
-    uint64_t *slice = NULL;
-    uint64_t slice_offset = 0;
-    unsigned i;
+    unsigned i = 0, k;
     int ret;
 
-    for (i = 0; i < n; i++) {
+    /* One L2 slice (or unmapped stretch of one) per iteration */
+    while (i < n) {
         uint64_t cluster = first + i;
         uint64_t l1_index = cluster >> ls->l2_bits;
-        uint64_t l2_index = cluster & (ls->l2_size - 1);
-        uint64_t l2_offset, want;
+        unsigned l2_index = cluster & (ls->l2_size - 1);
+        unsigned in_slice = l2_index % ls->l2_slice_size;
+        unsigned run = MIN(n - i, ls->l2_slice_size - in_slice);
+        uint64_t l2_offset = 0;
+        uint64_t *slice;
 
-        e[i] = 0;
-        if (l1_index >= ls->l1_size) {
-            continue;
+        if (l1_index < ls->l1_size) {
+            l2_offset = ls->l1_table[l1_index] & L1E_OFFSET_MASK;
         }
-        l2_offset = ls->l1_table[l1_index] & L1E_OFFSET_MASK;
         if (!l2_offset) {
+            memset(&e[i], 0, run * sizeof(e[0]));
+            i += run;
             continue;
         }
         if (offset_into_cluster(ls, l2_offset)) {
             error_setg(errp, "Layer '%s': L2 table offset 0x%" PRIx64
                        " unaligned (L1 index 0x%" PRIx64 ")", l->filename,
                        l2_offset, l1_index);
-            ret = -EIO;
-            goto out;
+            return -EIO;
         }
-        want = l2_offset + (l2_index - l2_index % ls->l2_slice_size) *
-               l2_entry_size(ls);
-        if (!slice || want != slice_offset) {
-            if (slice) {
-                qcow2_cache_put(ls->l2_table_cache, (void **)&slice);
-            }
-            ret = qcow2_cache_get(l, ls->l2_table_cache, want,
-                                  (void **)&slice);
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "Could not read an L2 table of "
-                                 "'%s'", l->filename);
-                slice = NULL;
-                goto out;
-            }
-            slice_offset = want;
+        ret = qcow2_cache_get(l, ls->l2_table_cache,
+                              l2_offset + (uint64_t)(l2_index - in_slice) *
+                              l2_entry_size(ls), (void **)&slice);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read an L2 table of '%s'",
+                             l->filename);
+            return ret;
         }
-        e[i] = get_l2_entry(ls, slice, l2_index % ls->l2_slice_size);
-    }
-    ret = 0;
-out:
-    if (slice) {
+        for (k = 0; k < run; k++) {
+            e[i + k] = get_l2_entry(ls, slice, in_slice + k);
+        }
         qcow2_cache_put(ls->l2_table_cache, (void **)&slice);
+        i += run;
     }
-    return ret;
+    return 0;
 }
 
 /*
@@ -367,6 +360,153 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
     return 0;
 }
 
+/* Whether @bs has no L2 table at all (a new image) */
+static bool bi_has_no_l2_tables(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int i;
+
+    for (i = 0; i < s->l1_size; i++) {
+        if (s->l1_table[i] & L1E_OFFSET_MASK) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Allocate and write the @nb L2 tables in @buf for L1 entries @l1_index */
+static int bi_write_tables(BlockDriverState *bs, uint8_t *buf,
+                           const uint64_t *l1_index, unsigned nb,
+                           Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int64_t offset;
+    unsigned i;
+    int ret;
+
+    offset = qcow2_alloc_clusters(bs, (uint64_t)nb * s->cluster_size);
+    if (offset < 0) {
+        error_setg_errno(errp, -offset, "Could not allocate L2 tables in "
+                         "'%s'", bs->filename);
+        return offset;
+    }
+    ret = qcow2_pre_write_overlap_check(bs, 0, offset,
+                                        (uint64_t)nb * s->cluster_size, false);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "L2 tables of '%s' would overlap other "
+                         "metadata", bs->filename);
+        return ret;
+    }
+    ret = bdrv_pwrite(bs->file, offset, (int64_t)nb * s->cluster_size, buf,
+                      0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write L2 tables of '%s'",
+                         bs->filename);
+        return ret;
+    }
+    for (i = 0; i < nb; i++) {
+        s->l1_table[l1_index[i]] = (offset + (uint64_t)i * s->cluster_size) |
+                                   QCOW_OFLAG_COPIED;
+    }
+    return 0;
+}
+
+/*
+ * The fast path of an L2 copy into a new image (no L2 tables yet): compute
+ * whole L2 tables in memory, allocate them in batches of contiguous
+ * clusters, write each batch with one request, then write the L1 table
+ * once and flush once.  The generic path allocates table by table, with
+ * three flushes each.  The image is not valid until the caller sets the
+ * bit, so a crash halfway leaves an unused index (and leaked clusters).
+ */
+static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
+{
+    BlockDriverState *bs = c->top;
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs),
+                                        s->cluster_size);
+    unsigned per_table = s->l2_size;
+    unsigned batch_max = MAX(1, (32 * MiB) / s->cluster_size);
+    g_autofree uint16_t *depth = g_new(uint16_t, per_table);
+    g_autofree uint64_t *scratch = g_new(uint64_t, per_table);
+    g_autofree uint64_t *l1_index = g_new(uint64_t, batch_max);
+    g_autofree uint64_t *l1_be = NULL;
+    uint8_t *buf = qemu_blockalign(bs, (size_t)batch_max * s->cluster_size);
+    unsigned nb = 0, i;
+    uint64_t first;
+    int ret = 0;
+
+    memset(st, 0, sizeof(*st));
+    for (first = 0; first < nb_clusters; first += per_table) {
+        unsigned n = MIN(per_table, nb_clusters - first);
+        uint64_t *table = (uint64_t *)(buf + (size_t)nb * s->cluster_size);
+        bool any = false;
+
+        ret = bi_resolve(c, first, n, depth, scratch, errp);
+        if (ret < 0) {
+            goto out;
+        }
+        for (i = 0; i < n; i++) {
+            any |= depth[i] != QCOW2_BI_NONE;
+        }
+        if (!any) {
+            continue;
+        }
+        memset(table + n, 0, s->cluster_size - n * sizeof(table[0]));
+        for (i = 0; i < n; i++) {
+            table[i] = cpu_to_be64(qcow2_bi_set(0, depth[i]));
+            st->entries_changed += depth[i] != QCOW2_BI_NONE;
+        }
+        l1_index[nb++] = first / per_table;
+        st->slices_written++;
+        if (nb == batch_max) {
+            ret = bi_write_tables(bs, buf, l1_index, nb, errp);
+            if (ret < 0) {
+                goto out;
+            }
+            nb = 0;
+        }
+    }
+    if (nb) {
+        ret = bi_write_tables(bs, buf, l1_index, nb, errp);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    if (!st->slices_written) {
+        goto out;
+    }
+
+    /* The refcounts of the new tables before the L1 table that uses them */
+    ret = qcow2_cache_flush(bs, s->refcount_block_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write refcounts of '%s'",
+                         bs->filename);
+        goto out;
+    }
+    l1_be = g_new(uint64_t, s->l1_size);
+    for (i = 0; i < s->l1_size; i++) {
+        l1_be[i] = cpu_to_be64(s->l1_table[i]);
+    }
+    ret = qcow2_pre_write_overlap_check(bs, QCOW2_OL_ACTIVE_L1,
+                                        s->l1_table_offset,
+                                        (int64_t)s->l1_size * L1E_SIZE, false);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "L1 table of '%s' would overlap other "
+                         "metadata", bs->filename);
+        goto out;
+    }
+    ret = bdrv_pwrite_sync(bs->file, s->l1_table_offset,
+                           (int64_t)s->l1_size * L1E_SIZE, l1_be, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the L1 table of '%s'",
+                         bs->filename);
+    }
+out:
+    qemu_vfree(buf);
+    return ret;
+}
+
 /* Refusals shared by create, amend and snapshot: what the bits cannot do */
 int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp)
 {
@@ -434,7 +574,11 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         goto out;
     }
 
-    ret = bi_walk(&c, BI_WRITE, &st, errp);
+    if (bi_has_no_l2_tables(bs) && !has_subclusters(s)) {
+        ret = bi_write_fresh(&c, &st, errp);
+    } else {
+        ret = bi_walk(&c, BI_WRITE, &st, errp);
+    }
     if (ret < 0) {
         goto out;
     }
