@@ -63,11 +63,11 @@ int qcow2_bi_ext_parse(const void *buf, size_t len, Qcow2BackingIndexExt *ext,
         *reason = "unsupported header extension version";
         return -ENOTSUP;
     }
-    ext->depth = ldl_be_p(p + 4);
-    if (ext->depth > QCOW2_BI_MAX_DEPTH) {
+    if ((uint32_t)ldl_be_p(p + 4) > QCOW2_BI_MAX_DEPTH) {
         *reason = "recorded depth beyond the deepest layer the index can name";
         return -EINVAL;
     }
+    ext->depth = ldl_be_p(p + 4);
     memcpy(ext->layer_id, p + 8, QCOW2_BI_ID_SIZE);
     memcpy(ext->parent_id, p + 24, QCOW2_BI_ID_SIZE);
     ext->parent_size = ldq_be_p(p + 40);
@@ -179,8 +179,8 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
 }
 
 /*
- * The rules for one layer and its parent alone (@parent NULL for a base):
- * what qemu-img info can tell without opening the whole chain.  The chain
+ * The rules for one qcow2 layer and its parent alone (@parent NULL for a
+ * base): what qemu-img info can tell without opening the whole chain.  The chain
  * validates if and only if every layer passes this and its depth matches
  * its place.  Returns NULL if @layer passes, else why not (g_free it).
  */

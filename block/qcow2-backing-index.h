@@ -44,7 +44,9 @@ static inline unsigned qcow2_bi_get(uint64_t l2_entry)
 static inline uint64_t qcow2_bi_set(uint64_t l2_entry, unsigned depth)
 {
     uint64_t low = (uint64_t)(depth & 0xff) << QCOW2_BI_LOW_SHIFT;
-    uint64_t high = (uint64_t)(depth >> 8) << QCOW2_BI_HIGH_SHIFT;
+    uint64_t high = (uint64_t)((depth >> 8) & 0x3f) << QCOW2_BI_HIGH_SHIFT;
+
+    assert(depth <= QCOW2_BI_MAX_DEPTH);
 
     return (l2_entry & ~QCOW2_BI_MASK) | low | high;
 }
