@@ -678,6 +678,21 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     BiChain c;
     int ret;
 
+    /*
+     * A repairing check opens the image without the usual header update
+     * (its snapshot table is read only now): renew the layer identity
+     * here, since the check may change the layer.
+     */
+    if ((fix & BDRV_FIX_ERRORS) && bdrv_is_writable(bs) &&
+        qcow2_bi_open_writable(bs, 0)) {
+        ret = qcow2_update_header(bs);
+        if (ret < 0) {
+            fprintf(stderr, "Could not update the header: %s\n",
+                    strerror(-ret));
+            res->check_errors++;
+            return 0;
+        }
+    }
     if (!s->bi_enabled) {
         return 0;
     }
