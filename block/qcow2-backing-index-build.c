@@ -360,6 +360,29 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
     return 0;
 }
 
+static int bi_write_header(BlockDriverState *bs, Error **errp)
+{
+    int ret = qcow2_update_header(bs);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+    }
+    return ret;
+}
+
+static int bi_flush_l2(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = qcow2_cache_flush(bs, s->l2_table_cache);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
+                         bs->filename);
+    }
+    return ret;
+}
+
 /* Whether @bs has no L2 table at all (a new image) */
 static bool bi_has_no_l2_tables(BlockDriverState *bs)
 {
@@ -567,10 +590,8 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         qcow2_bi_open_writable(bs, 0);
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = qcow2_update_header(bs);
+    ret = bi_write_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         goto out;
     }
 
@@ -582,10 +603,8 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_cache_flush(bs, s->l2_table_cache);
+    ret = bi_flush_l2(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
-                         bs->filename);
         goto out;
     }
 
@@ -602,11 +621,9 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         }
     }
     s->autoclear_features |= QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = qcow2_update_header(bs);
+    ret = bi_write_header(bs, errp);
     if (ret < 0) {
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         goto out;
     }
     trace_qcow2_bi_build(bs, c.n, c.parent_trusted, st.slices_written,
@@ -632,30 +649,24 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
         return qcow2_bi_check_supported(bs, errp);
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = qcow2_update_header(bs);
+    ret = bi_write_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         return ret;
     }
     ret = bi_walk(&c, BI_STRIP, &st, errp);
     if (ret < 0) {
         return ret;
     }
-    ret = qcow2_cache_flush(bs, s->l2_table_cache);
+    ret = bi_flush_l2(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
-                         bs->filename);
         return ret;
     }
     s->bi_enabled = false;
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
     memset(&s->bi_ext, 0, sizeof(s->bi_ext));
-    ret = qcow2_update_header(bs);
+    ret = bi_write_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         return ret;
     }
     trace_qcow2_bi_strip(bs, st.entries_changed);
@@ -906,11 +917,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         memset(&s->bi_ext, 0, sizeof(s->bi_ext));
         qcow2_bi_open_writable(bs, 0);
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-        ret = qcow2_update_header(bs);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                             bs->filename);
-        }
+        ret = bi_write_header(bs, errp);
         goto out;
     }
     ret = qcow2_bi_build(bs, explicit ? errp : &local_err);
