@@ -56,9 +56,7 @@ static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
                    "index is computed from it", bs->filename);
         return -EINVAL;
     }
-    for (l = bs; l; l = qcow2_bi_next_layer(l)) {
-        c->n++;
-    }
+    c->n = qcow2_bi_chain_length(bs);
     if (c->n > QCOW2_BI_MAX_DEPTH) {
         error_setg(errp, "The backing chain has %u layers; the backing index "
                    "can name at most %u", c->n, QCOW2_BI_MAX_DEPTH);
@@ -69,10 +67,14 @@ static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
     c->layer = g_new(BlockDriverState *, c->n);
     for (l = bs; l; l = qcow2_bi_next_layer(l)) {
         unsigned depth = c->n - i;
+        BDRVQcow2State *ls = l->opaque;
 
         c->layer[i++] = l;
+        if (l == bs) {
+            continue;   /* the layer being indexed: checked by the caller */
+        }
         if (!qcow2_bi_is_qcow2(l)) {
-            if (depth == 1 && l != bs) {
+            if (depth == 1) {
                 continue;
             }
             error_setg(errp, "Layer '%s' at depth %u is a '%s' node; the "
@@ -81,28 +83,23 @@ static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
                        l->drv ? l->drv->format_name : "(no medium)");
             goto fail;
         }
-        {
-            BDRVQcow2State *ls = l->opaque;
-
-            if (ls->cluster_size != s->cluster_size) {
-                error_setg(errp, "Layer '%s' has %d-byte clusters and '%s' "
-                           "%d-byte ones; the backing index needs one "
-                           "cluster size along the chain", l->filename,
-                           ls->cluster_size, bs->filename, s->cluster_size);
-                goto fail;
-            }
-            if (has_subclusters(ls) && l != bs) {
-                error_setg(errp, "Layer '%s' uses extended L2 entries, which "
-                           "the backing index does not support", l->filename);
-                goto fail;
-            }
-            if (l != bs &&
-                !QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
-                error_setg(errp, "The size of layer '%s' is not a multiple "
-                           "of the cluster size, which the backing index "
-                           "does not support", l->filename);
-                goto fail;
-            }
+        if (ls->cluster_size != s->cluster_size) {
+            error_setg(errp, "Layer '%s' has %d-byte clusters and '%s' "
+                       "%d-byte ones; the backing index needs one cluster "
+                       "size along the chain", l->filename, ls->cluster_size,
+                       bs->filename, s->cluster_size);
+            goto fail;
+        }
+        if (has_subclusters(ls)) {
+            error_setg(errp, "Layer '%s' uses extended L2 entries, which the "
+                       "backing index does not support", l->filename);
+            goto fail;
+        }
+        if (!QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
+            error_setg(errp, "The size of layer '%s' is not a multiple of "
+                       "the cluster size, which the backing index does not "
+                       "support", l->filename);
+            goto fail;
         }
     }
     if (c->n > 1 && qcow2_bi_is_qcow2(c->layer[1])) {
@@ -169,6 +166,9 @@ static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
     return 0;
 }
 
+/* A depth not resolved yet; no layer can have it */
+#define BI_UNRESOLVED UINT16_MAX
+
 /*
  * For the @n clusters of the top from @first on, set @depth[i] to the depth
  * of the lower layer that holds the cluster, or QCOW2_BI_NONE.
@@ -178,45 +178,38 @@ static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
                       uint16_t *depth, uint64_t *scratch, Error **errp)
 {
     BDRVQcow2State *s = c->top->opaque;
-    g_autofree bool *done = g_new0(bool, n);
     unsigned left = n;
     unsigned j, i;
     int ret;
 
-    memset(depth, 0, n * sizeof(depth[0]));
+    QEMU_BUILD_BUG_ON(QCOW2_BI_MAX_DEPTH >= BI_UNRESOLVED);
+    for (i = 0; i < n; i++) {
+        depth[i] = BI_UNRESOLVED;
+    }
     for (j = 1; j < c->n && left; j++) {
         BlockDriverState *l = c->layer[j];
         unsigned d = c->n - j;
-        uint64_t end = qcow2_bi_layer_size(l) >> s->cluster_bits;
+        /* A layer holds no cluster that starts at or past its end */
+        uint64_t end = DIV_ROUND_UP(qcow2_bi_layer_size(l), s->cluster_size);
         bool trusted = j == 1 && c->parent_trusted;
+        bool raw = !qcow2_bi_is_qcow2(l);
 
-        if (!qcow2_bi_is_qcow2(l)) {
-            /* A raw base holds every cluster that starts inside it */
-            if (!QEMU_IS_ALIGNED(qcow2_bi_layer_size(l), s->cluster_size)) {
-                end++;
+        if (!raw) {
+            ret = bi_read_entries(l, first, n, scratch, errp);
+            if (ret < 0) {
+                return ret;
             }
-            for (i = 0; i < n; i++) {
-                if (!done[i]) {
-                    depth[i] = first + i < end ? d : QCOW2_BI_NONE;
-                    done[i] = true;
-                }
-            }
-            left = 0;
-            break;
-        }
-        ret = bi_read_entries(l, first, n, scratch, errp);
-        if (ret < 0) {
-            return ret;
         }
         for (i = 0; i < n; i++) {
-            if (done[i]) {
+            if (depth[i] != BI_UNRESOLVED) {
                 continue;
             }
             if (first + i >= end) {
                 /* Reads beyond a layer's end give zeroes: nothing below */
                 depth[i] = QCOW2_BI_NONE;
-            } else if (qcow2_get_cluster_type(l, scratch[i]) !=
-                       QCOW2_CLUSTER_UNALLOCATED) {
+            } else if (raw || qcow2_get_cluster_type(l, scratch[i]) !=
+                              QCOW2_CLUSTER_UNALLOCATED) {
+                /* A raw base holds every cluster that starts inside it */
                 depth[i] = d;
             } else if (trusted && qcow2_bi_get(scratch[i]) < d) {
                 depth[i] = qcow2_bi_get(scratch[i]);
@@ -224,8 +217,12 @@ static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
                 /* Not resolved here (an impossible index is not trusted) */
                 continue;
             }
-            done[i] = true;
             left--;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (depth[i] == BI_UNRESOLVED) {
+            depth[i] = QCOW2_BI_NONE;
         }
     }
     return 0;
@@ -254,7 +251,6 @@ typedef struct BiWalkStats {
     uint64_t slices_written;
     uint64_t entries_changed;
     uint64_t mismatches;
-    uint64_t stale;             /* index bits on entries that hold data */
     uint64_t first_mismatch;    /* guest offset */
     unsigned first_has, first_want;
 } BiWalkStats;
@@ -313,13 +309,14 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
             if (want == own[i]) {
                 continue;
             }
-            change = true;
             if (mode == BI_COMPARE &&
                 qcow2_get_cluster_type(bs, own[i]) !=
                 QCOW2_CLUSTER_UNALLOCATED) {
                 /* Readers ignore the index of a cluster a layer holds */
-                st->stale++;
-            } else if (mode == BI_COMPARE) {
+                continue;
+            }
+            change = true;
+            if (mode == BI_COMPARE) {
                 if (!st->mismatches++) {
                     st->first_mismatch = (first + i) << s->cluster_bits;
                     st->first_has = qcow2_bi_get(own[i]);
@@ -587,7 +584,7 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         memset(&s->bi_ext, 0, sizeof(s->bi_ext));
     }
     if (buffer_is_zero(s->bi_ext.layer_id, QCOW2_BI_ID_SIZE)) {
-        qcow2_bi_open_writable(bs, 0);
+        qcow2_bi_new_layer_id(bs);
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     ret = bi_write_header(bs, errp);
@@ -674,10 +671,10 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
 }
 
 /*
- * qemu-img check: compare every entry's index with what the chain gives.
- * Mismatches are corruption when the index claims to be valid for this
- * chain; otherwise the index is unused and only reported.  With
- * BDRV_FIX_ERRORS, recompute it.
+ * qemu-img check: if the index of @bs would be used with its chain, compare
+ * every entry with what the chain gives; wrong entries are corruption, and
+ * with BDRV_FIX_ERRORS the index is recomputed.  An index that does not
+ * validate is not used, so it is not checked (qemu-img info says why).
  */
 int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
                    BdrvCheckMode fix)
@@ -707,25 +704,15 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     if (!s->bi_enabled) {
         return 0;
     }
-    /*
-     * Only an index that would be used with this chain can be corrupt; one
-     * that does not validate is not used (qemu-img info says why), and
-     * stale bits on entries that hold their cluster are ignored by readers.
-     */
     reason = qcow2_bi_chain_check(bs);
     if (reason) {
         return 0;
     }
     ret = bi_chain_get(bs, &c, &local_err);
-    if (ret < 0) {
-        fprintf(stderr, "Backing index not checked: %s\n",
-                error_get_pretty(local_err));
-        error_free(local_err);
-        res->check_errors++;
-        return 0;
+    if (ret == 0) {
+        ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
+        bi_chain_free(&c);
     }
-    ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
-    bi_chain_free(&c);
     if (ret < 0) {
         fprintf(stderr, "Backing index not checked: %s\n",
                 error_get_pretty(local_err));
@@ -764,16 +751,6 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     return 0;
 }
 
-static unsigned bi_chain_length(BlockDriverState *bs)
-{
-    unsigned n = 0;
-
-    for (; bs; bs = qcow2_bi_next_layer(bs)) {
-        n++;
-    }
-    return n;
-}
-
 /*
  * @bs was just put over its backing as an external snapshot overlay
  * (blockdev-snapshot, blockdev-snapshot-sync).  If it has the feature on
@@ -792,7 +769,7 @@ int qcow2_bi_snapshot_attached(BlockDriverState *bs, Error **errp)
     if (!bdrv_is_writable(bs)) {
         return 0;
     }
-    if (bi_chain_length(bs) > QCOW2_BI_MAX_DEPTH) {
+    if (qcow2_bi_chain_length(bs) > QCOW2_BI_MAX_DEPTH) {
         /* Past the limit the overlay is read the vanilla way */
         warn_report("'%s' gets no backing index: its backing chain is deeper "
                     "than the %u layers the index can name", bs->filename,
@@ -915,7 +892,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         /* Built when the image is attached over its live backing file */
         s->bi_enabled = true;
         memset(&s->bi_ext, 0, sizeof(s->bi_ext));
-        qcow2_bi_open_writable(bs, 0);
+        qcow2_bi_new_layer_id(bs);
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
         ret = bi_write_header(bs, errp);
         goto out;

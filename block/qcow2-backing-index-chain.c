@@ -48,13 +48,16 @@ int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
     return 0;
 }
 
-static void bi_new_layer_id(BDRVQcow2State *s)
+/* Give @bs a new layer identity (in memory; the caller writes the header) */
+void qcow2_bi_new_layer_id(BlockDriverState *bs)
 {
+    BDRVQcow2State *s = bs->opaque;
     QemuUUID id;
 
     qemu_uuid_generate(&id);
     QEMU_BUILD_BUG_ON(sizeof(id.data) != QCOW2_BI_ID_SIZE);
     memcpy(s->bi_ext.layer_id, id.data, QCOW2_BI_ID_SIZE);
+    trace_qcow2_bi_new_layer_id(bs);
 }
 
 /*
@@ -82,8 +85,7 @@ bool qcow2_bi_open_writable(BlockDriverState *bs, int flags)
     if (flags & BDRV_O_INACTIVE) {
         return false;
     }
-    bi_new_layer_id(s);
-    trace_qcow2_bi_new_layer_id(bs);
+    qcow2_bi_new_layer_id(bs);
     return true;
 }
 
@@ -96,8 +98,7 @@ void qcow2_bi_reopen_rw(BlockDriverState *bs)
     if (!s->bi_enabled) {
         return;
     }
-    bi_new_layer_id(s);
-    trace_qcow2_bi_new_layer_id(bs);
+    qcow2_bi_new_layer_id(bs);
     ret = qcow2_update_header(bs);
     if (ret < 0) {
         /*
@@ -144,6 +145,17 @@ BlockDriverState *qcow2_bi_next_layer(BlockDriverState *bs)
     return bdrv_cow_bs(bs);
 }
 
+/* How many layers the chain from @bs down has (0 for NULL) */
+unsigned qcow2_bi_chain_length(BlockDriverState *bs)
+{
+    unsigned n = 0;
+
+    for (; bs; bs = qcow2_bi_next_layer(bs)) {
+        n++;
+    }
+    return n;
+}
+
 bool qcow2_bi_is_qcow2(BlockDriverState *bs)
 {
     return bs->drv && !strcmp(bs->drv->format_name, "qcow2");
@@ -178,15 +190,12 @@ static char *bi_chain_check_over(BlockDriverState *bs,
 {
     g_autofree Qcow2BiLayer *layers = NULL;
     BlockDriverState *l;
-    unsigned n = 1, i = 1;
+    unsigned n = 1 + qcow2_bi_chain_length(below), i = 1;
     char *reason;
 
-    for (l = below; l; l = qcow2_bi_next_layer(l)) {
-        n++;
-    }
     if (n > QCOW2_BI_MAX_DEPTH) {
-        reason = g_strdup_printf("the chain has %u layers, the backing index "
-                                 "can name at most %u", n, QCOW2_BI_MAX_DEPTH);
+        /* The rules refuse it without looking at the layers */
+        reason = qcow2_bi_chain_invalid_reason(NULL, n);
         trace_qcow2_bi_validate(bs, n, reason);
         return reason;
     }
