@@ -359,7 +359,10 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
 
 static int bi_write_header(BlockDriverState *bs, Error **errp)
 {
-    int ret = qcow2_update_header(bs);
+    int ret;
+
+    qcow2_bi_changed(bs);
+    ret = qcow2_update_header(bs);
 
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not update the header of '%s'",

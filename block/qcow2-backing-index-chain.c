@@ -21,7 +21,20 @@
 #include "qemu/uuid.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
+#include "qcow2-direct-access.h"
 #include "trace.h"
+
+uint64_t qcow2_bi_generation;
+
+/*
+ * The index state of @bs (extension, valid bit, identity) changed: every
+ * chain view that includes @bs must be rebuilt before its next read.
+ */
+void qcow2_bi_changed(BlockDriverState *bs)
+{
+    trace_qcow2_bi_changed(bs);
+    qatomic_inc(&qcow2_bi_generation);
+}
 
 /* Read the extension at @offset (@len bytes) of @bs's header */
 int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
@@ -38,6 +51,7 @@ int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
                          "header extension");
         return ret;
     }
+    qcow2_bi_changed(bs);
     s->bi_enabled = true;
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
@@ -54,6 +68,7 @@ void qcow2_bi_new_layer_id(BlockDriverState *bs)
     BDRVQcow2State *s = bs->opaque;
     QemuUUID id;
 
+    qcow2_bi_changed(bs);
     qemu_uuid_generate(&id);
     QEMU_BUILD_BUG_ON(sizeof(id.data) != QCOW2_BI_ID_SIZE);
     memcpy(s->bi_ext.layer_id, id.data, QCOW2_BI_ID_SIZE);
@@ -123,6 +138,7 @@ int qcow2_bi_invalidate(BlockDriverState *bs, const char *why)
         return 0;
     }
     trace_qcow2_bi_invalidate(bs, why);
+    qcow2_bi_changed(bs);
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     ret = qcow2_update_header(bs);
     if (ret < 0) {
@@ -137,6 +153,8 @@ void qcow2_bi_close(BlockDriverState *bs)
 
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
+    qcow2_da_free(bs);
+    qcow2_bi_changed(bs);
 }
 
 /* The next layer down from @bs: its COW (backing) child, if any */

@@ -101,6 +101,9 @@ char *qcow2_bi_link_invalid_reason(const Qcow2BiLayer *layer,
                                    const Qcow2BiLayer *parent);
 
 /* qcow2-backing-index-chain.c: the extension, the valid bit, validation */
+/* Bumped whenever any layer's index state changes (qcow2_bi_changed) */
+extern uint64_t qcow2_bi_generation;
+void qcow2_bi_changed(BlockDriverState *bs);
 int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
                       Error **errp);
 bool qcow2_bi_open_writable(BlockDriverState *bs, int flags);

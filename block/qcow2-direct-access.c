@@ -1,0 +1,455 @@
+/*
+ * sQemu: direct access to the layer holding a cluster
+ *
+ * Copyright (c) 2026 The sQemu authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A read of a cluster the top does not hold goes, on a chain whose
+ * backing index validates, straight to the layer the index names: the
+ * layer's host offset comes from the top's unified cache
+ * (qcow2-unified-cache.c), and the data is read from that layer's file
+ * with the layer's own read task (so compressed clusters and encrypted
+ * layers work as they do for the layer itself).  Nothing goes through
+ * the block layer of the layers in between, and nothing costs more at
+ * depth 1000 than at depth 1.
+ *
+ * The chain view (which node is at which depth) is built the first time
+ * it is needed and again whenever the graph or any layer's index state
+ * changed; a chain that does not validate is read the vanilla way.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/atomic.h"
+#include "qcow2.h"
+#include "qcow2-backing-index.h"
+#include "qcow2-unified-cache.h"
+#include "qcow2-direct-access.h"
+#include "trace.h"
+
+struct Qcow2DirectAccess {
+    /* The chain view, and the generations it was built at */
+    bool built;
+    bool stale;                 /* rebuild before the next read */
+    uint64_t graph_gen;
+    uint64_t bi_gen;
+    char *reason;               /* why the chain does not validate */
+    unsigned depth;             /* the top's depth; 0 if not valid */
+    BlockDriverState **layer;   /* [1..depth - 1]: the node at that depth */
+
+    Qcow2UnifiedCache *cache;
+    uint64_t cache_size;        /* bytes the cache was sized for */
+
+    uint16_t *want;             /* the top's index for one slice */
+    uint64_t *l2e;              /* a lower layer's entries for one slice */
+
+    uint64_t direct_reads;      /* runs read straight from a lower layer */
+    uint64_t vanilla_fallbacks; /* runs read through the backing chain */
+    uint64_t validations;       /* times the chain view was built */
+};
+
+static void da_drop_view(Qcow2DirectAccess *da)
+{
+    g_free(da->layer);
+    da->layer = NULL;
+    g_free(da->reason);
+    da->reason = NULL;
+    da->depth = 0;
+    da->built = false;
+    if (da->cache) {
+        qcow2_uc_clear(da->cache);
+    }
+}
+
+void qcow2_da_free(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2DirectAccess *da = s->bi_da;
+
+    if (!da) {
+        return;
+    }
+    da_drop_view(da);
+    qcow2_uc_free(da->cache);
+    g_free(da->want);
+    g_free(da->l2e);
+    g_free(da);
+    s->bi_da = NULL;
+}
+
+void qcow2_da_invalidate(BlockDriverState *bs, const char *why)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    /* Without the lock (drain): the next read rebuilds under it */
+    if (s->bi_da) {
+        trace_qcow2_da_invalidate(bs, why);
+        qatomic_set(&s->bi_da->stale, true);
+    }
+}
+
+void qcow2_da_clean_unused(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (s->bi_da && s->bi_da->cache) {
+        qcow2_uc_clean_unused(s->bi_da->cache);
+    }
+}
+
+uint64_t qcow2_da_cache_size(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs),
+                                     s->cluster_size);
+
+    if (s->bi_uc_size) {
+        return s->bi_uc_size;
+    }
+    return qcow2_uc_default_size(clusters, s->l2_slice_size,
+                                 DEFAULT_L2_CACHE_MAX_SIZE);
+}
+
+int qcow2_da_check_cache_size(uint64_t size, unsigned l2_slice_size,
+                              Error **errp)
+{
+    if (size && !qcow2_uc_slices_for_size(size, l2_slice_size)) {
+        error_setg(errp, QCOW2_OPT_UNIFIED_CACHE_SIZE " must be at least "
+                   "%zu bytes (two slices of %u clusters)",
+                   2 * qcow2_uc_slice_bytes(l2_slice_size), l2_slice_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Build the chain view of @bs if the graph or an index changed since */
+static Qcow2DirectAccess *da_view(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2DirectAccess *da = s->bi_da;
+    uint64_t graph_gen = qatomic_read(&bdrv_graph_generation);
+    uint64_t bi_gen = qatomic_read(&qcow2_bi_generation);
+    uint64_t cache_size = qcow2_da_cache_size(bs);
+    BlockDriverState *l;
+    unsigned d;
+
+    if (!da) {
+        da = s->bi_da = g_new0(Qcow2DirectAccess, 1);
+        da->want = g_new(uint16_t, s->l2_slice_size);
+        da->l2e = g_new(uint64_t, s->l2_slice_size);
+    }
+    if (da->built && da->graph_gen == graph_gen && da->bi_gen == bi_gen &&
+        da->cache_size == cache_size && !qatomic_read(&da->stale)) {
+        return da;
+    }
+
+    da_drop_view(da);
+    qatomic_set(&da->stale, false);
+    da->built = true;
+    da->graph_gen = graph_gen;
+    da->bi_gen = bi_gen;
+    da->validations++;
+    if (da->cache_size != cache_size) {
+        qcow2_uc_free(da->cache);
+        da->cache = NULL;
+        da->cache_size = cache_size;
+    }
+
+    da->reason = qcow2_bi_chain_check(bs);
+    if (!da->reason) {
+        /* Same cluster size is a rule of the format; do not trust it */
+        for (l = qcow2_bi_next_layer(bs); l; l = qcow2_bi_next_layer(l)) {
+            if (qcow2_bi_is_qcow2(l) &&
+                ((BDRVQcow2State *)l->opaque)->cluster_bits !=
+                s->cluster_bits) {
+                da->reason = g_strdup_printf("layer '%s' has another cluster "
+                                             "size", l->filename);
+                break;
+            }
+        }
+    }
+    if (da->reason) {
+        trace_qcow2_da_view(bs, 0, da->reason);
+        return da;
+    }
+
+    da->depth = s->bi_ext.depth;
+    da->layer = g_new0(BlockDriverState *, da->depth);
+    d = da->depth;
+    for (l = qcow2_bi_next_layer(bs); l; l = qcow2_bi_next_layer(l)) {
+        assert(d > 1);
+        da->layer[--d] = l;
+    }
+    assert(d == 1);
+    if (!da->cache) {
+        da->cache = qcow2_uc_new(s->l2_slice_size,
+                                 qcow2_uc_slices_for_size(cache_size,
+                                                          s->l2_slice_size));
+    }
+    trace_qcow2_da_view(bs, da->depth, "valid");
+    return da;
+}
+
+/*
+ * Resolve, in @slice, every entry the top's index says layer @k holds:
+ * read layer @k's L2 entries for the slice once.
+ */
+static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
+                                   Qcow2UcSlice *slice, uint64_t *l2_slice,
+                                   unsigned k)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BlockDriverState *l = da->layer[k];
+    unsigned n = s->l2_slice_size, i;
+    BDRVQcow2State *ls;
+    uint64_t l1_index, l2_offset;
+    int ret;
+
+    for (i = 0; i < n; i++) {
+        uint64_t e = get_l2_entry(s, l2_slice, i);
+
+        da->want[i] = qcow2_get_cluster_type(bs, e) ==
+                      QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(e) : 0;
+    }
+    if (!qcow2_bi_is_qcow2(l)) {
+        qcow2_uc_correct_raw(da->cache, slice, k, da->want, n);
+        return 0;
+    }
+
+    ls = l->opaque;
+    l1_index = slice->first >> ls->l2_bits;
+    l2_offset = l1_index < ls->l1_size ?
+                ls->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
+    if (!l2_offset || offset_into_cluster(ls, l2_offset)) {
+        /* Nothing there: every such entry is read the vanilla way */
+        qcow2_uc_correct(da->cache, slice, k, da->want, NULL, n,
+                         s->cluster_bits);
+        return 0;
+    }
+    l2_offset += (slice->first & (ls->l2_size - 1)) * sizeof(uint64_t);
+    trace_qcow2_da_lower_slice_read(bs, k, l2_offset);
+    da->cache->stats.lower_slice_reads++;
+    ret = bdrv_co_pread(l->file, l2_offset, n * sizeof(uint64_t), da->l2e, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        da->l2e[i] = be64_to_cpu(da->l2e[i]);
+    }
+    qcow2_uc_correct(da->cache, slice, k, da->want, da->l2e, n,
+                     s->cluster_bits);
+    return 0;
+}
+
+/* Whether @b continues the run that @a starts, @i clusters further */
+static bool da_continues(const Qcow2UcEntry *a, const Qcow2UcEntry *b,
+                         unsigned i, unsigned cluster_bits)
+{
+    if (a->type != b->type || a->layer != b->layer) {
+        return false;
+    }
+    switch (a->type) {
+    case QCOW2_UC_DATA:
+        return b->host == a->host + ((uint64_t)i << cluster_bits);
+    case QCOW2_UC_COMPRESSED:
+    case QCOW2_UC_UNRESOLVED:
+        return false;
+    default:
+        return true;
+    }
+}
+
+int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
+                                  unsigned int *bytes,
+                                  BlockDriverState **task_bs,
+                                  uint64_t *host_offset,
+                                  QCow2SubclusterType *type)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2DirectAccess *da;
+    uint64_t cluster = offset >> s->cluster_bits;
+    unsigned in_cluster = offset_into_cluster(s, offset);
+    unsigned nb = size_to_clusters(s, in_cluster + (uint64_t)*bytes);
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    uint64_t l2_offset, *l2_slice;
+    unsigned i0 = offset_to_l2_slice_index(s, offset), run, k;
+    Qcow2UcSlice *slice;
+    Qcow2UcEntry e;
+    bool missed;
+    int ret;
+
+    *task_bs = bs;
+    if (!s->bi_enabled || !bs->backing) {
+        return 0;
+    }
+    da = da_view(bs);
+    if (!da->depth) {
+        da->vanilla_fallbacks++;
+        trace_qcow2_da_vanilla(bs, offset, *bytes, da->reason);
+        return 0;
+    }
+    /* The caller's run of unallocated clusters ends within one L2 slice */
+    assert(i0 + nb <= s->l2_slice_size);
+
+    l2_offset = l1_index < s->l1_size ?
+                s->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
+    if (!l2_offset) {
+        /* An indexed top has an L2 table wherever a lower layer holds */
+        da->cache->stats.hit_unallocated += nb;
+        *type = QCOW2_SUBCLUSTER_ZERO_PLAIN;
+        return 0;
+    }
+    ret = qcow2_cache_get(bs, s->l2_table_cache,
+                          l2_offset + (offset_to_l2_index(s, offset) - i0) *
+                          l2_entry_size(s), (void **)&l2_slice);
+    if (ret < 0) {
+        return ret;
+    }
+
+    k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
+    if (k == QCOW2_BI_NONE) {
+        for (run = 1; run < nb; run++) {
+            if (qcow2_bi_get(get_l2_entry(s, l2_slice, i0 + run)) !=
+                QCOW2_BI_NONE) {
+                break;
+            }
+        }
+        da->cache->stats.hit_unallocated += run;
+        e = (Qcow2UcEntry) { .type = QCOW2_UC_ZERO };
+        goto out;
+    }
+    if (k >= da->depth) {
+        /* Not a layer below the top: impossible in a valid index */
+        e = (Qcow2UcEntry) { .type = QCOW2_UC_BAD };
+        run = 1;
+        goto out;
+    }
+
+    da->cache->stats.lookups++;
+    slice = qcow2_uc_get(da->cache, cluster, &missed);
+    e = slice->e[i0];
+    if (e.type == QCOW2_UC_UNRESOLVED || e.layer != k) {
+        da->cache->stats.misses++;
+        trace_qcow2_da_miss(bs, offset, k, missed);
+        ret = da_correct(bs, da, slice, l2_slice, k);
+        if (ret < 0) {
+            qcow2_uc_put(slice);
+            goto fail;
+        }
+        e = slice->e[i0];
+        assert(e.layer == k && e.type != QCOW2_UC_UNRESOLVED);
+    } else {
+        da->cache->stats.hits++;
+    }
+    for (run = 1; run < nb; run++) {
+        uint64_t next = get_l2_entry(s, l2_slice, i0 + run);
+
+        if (qcow2_bi_get(next) != k ||
+            !da_continues(&e, &slice->e[i0 + run], run, s->cluster_bits)) {
+            break;
+        }
+        da->cache->stats.lookups++;
+        da->cache->stats.hits++;
+    }
+    qcow2_uc_put(slice);
+    if (e.type == QCOW2_UC_DATA && da->layer[k]->encrypted) {
+        run = MIN(run, QCOW_MAX_CRYPT_CLUSTERS);
+    }
+
+out:
+    qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+    *bytes = MIN(*bytes, ((uint64_t)run << s->cluster_bits) - in_cluster);
+    switch (e.type) {
+    case QCOW2_UC_DATA:
+        *task_bs = da->layer[k];
+        *type = QCOW2_SUBCLUSTER_NORMAL;
+        *host_offset = e.host + in_cluster;
+        break;
+    case QCOW2_UC_COMPRESSED:
+        *task_bs = da->layer[k];
+        *type = QCOW2_SUBCLUSTER_COMPRESSED;
+        *host_offset = e.host;
+        break;
+    case QCOW2_UC_ZERO:
+        *type = QCOW2_SUBCLUSTER_ZERO_PLAIN;
+        return 0;
+    case QCOW2_UC_RAW:
+        /* The node right above the raw base reads it: one hop */
+        *task_bs = k + 1 < da->depth ? da->layer[k + 1] : bs;
+        *type = QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN;
+        break;
+    case QCOW2_UC_BAD:
+        da->vanilla_fallbacks++;
+        trace_qcow2_da_vanilla(bs, offset, *bytes,
+                               "the index names a layer that does not hold "
+                               "the cluster");
+        *type = QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN;
+        return 0;
+    default:
+        g_assert_not_reached();
+    }
+    da->direct_reads++;
+    trace_qcow2_da_direct(bs, offset, *bytes, k, *host_offset);
+    return 0;
+
+fail:
+    qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+    return ret;
+}
+
+void coroutine_fn qcow2_da_co_drain_begin(BlockDriverState *bs)
+{
+    qcow2_da_invalidate(bs, "drained");
+}
+
+static Qcow2BackingIndexStats *da_get_stats(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2DirectAccess *da;
+    Qcow2BackingIndexStats *st;
+
+    if (!s->bi_enabled) {
+        return NULL;
+    }
+    st = g_new0(Qcow2BackingIndexStats, 1);
+    st->cache_size = qcow2_da_cache_size(bs);
+    da = s->bi_da;
+    if (!da) {
+        st->has_reason = true;
+        st->reason = g_strdup("no read of the backing chain yet");
+        return st;
+    }
+    st->direct_access = da->built && da->depth;
+    st->depth = da->depth;
+    if (da->reason) {
+        st->has_reason = true;
+        st->reason = g_strdup(da->reason);
+    }
+    st->validations = da->validations;
+    st->direct_reads = da->direct_reads;
+    st->vanilla_fallbacks = da->vanilla_fallbacks;
+    if (da->cache) {
+        Qcow2UcStats *cs = &da->cache->stats;
+
+        st->lookups = cs->lookups;
+        st->hits = cs->hits;
+        st->misses = cs->misses;
+        st->hit_unallocated = cs->hit_unallocated;
+        st->corrections = cs->corrections;
+        st->lower_slice_reads = cs->lower_slice_reads;
+        st->evictions = cs->evictions;
+        st->cache_slices = qcow2_uc_nb_slices(da->cache);
+    }
+    return st;
+}
+
+BlockStatsSpecific *qcow2_da_get_specific_stats(BlockDriverState *bs)
+{
+    BlockStatsSpecific *stats = g_new0(BlockStatsSpecific, 1);
+
+    stats->driver = BLOCKDEV_DRIVER_QCOW2;
+    stats->u.qcow2.backing_index = da_get_stats(bs);
+    stats->u.qcow2.has_backing_index = !!stats->u.qcow2.backing_index;
+    return stats;
+}

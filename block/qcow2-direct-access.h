@@ -1,0 +1,51 @@
+/*
+ * sQemu: direct access to the layer holding a cluster
+ *
+ * Copyright (c) 2026 The sQemu authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef BLOCK_QCOW2_DIRECT_ACCESS_H
+#define BLOCK_QCOW2_DIRECT_ACCESS_H
+
+#include "block/block_int.h"
+
+/* Runtime option: the unified L2 cache's size in bytes */
+#define QCOW2_OPT_UNIFIED_CACHE_SIZE "unified-cache-size"
+
+typedef struct Qcow2DirectAccess Qcow2DirectAccess;
+
+/*
+ * Where to read the start of [@offset, @offset + *@bytes) of @bs, a run
+ * that qcow2_get_host_offset() found unallocated in @bs.  On return,
+ * *@bytes may be shorter and *@task_bs, *@host_offset and *@type are what
+ * to give the read task: @bs itself and the type unchanged for a vanilla
+ * read through the backing chain, or the lower layer and its entry.
+ * Called with @bs's s->lock held.
+ */
+int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
+                                  unsigned int *bytes,
+                                  BlockDriverState **task_bs,
+                                  uint64_t *host_offset,
+                                  QCow2SubclusterType *type);
+
+/* Rebuild the chain view and the unified cache before the next read */
+void qcow2_da_invalidate(BlockDriverState *bs, const char *why);
+/* Forget the chain view, the unified cache and the counters */
+void qcow2_da_free(BlockDriverState *bs);
+/* cache-clean-interval: drop slices unused since the last call */
+void qcow2_da_clean_unused(BlockDriverState *bs);
+
+/* The unified cache size in bytes that @bs uses */
+uint64_t qcow2_da_cache_size(BlockDriverState *bs);
+int qcow2_da_check_cache_size(uint64_t size, unsigned l2_slice_size,
+                              Error **errp);
+
+/* .bdrv_co_drain_begin: the chain view is rebuilt after a drain */
+void coroutine_fn qcow2_da_co_drain_begin(BlockDriverState *bs);
+
+/* .bdrv_get_specific_stats: the counters (query-blockstats, qemu-io) */
+BlockStatsSpecific *qcow2_da_get_specific_stats(BlockDriverState *bs);
+
+#endif
