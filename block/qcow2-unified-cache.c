@@ -107,7 +107,7 @@ Qcow2UcSlice *qcow2_uc_peek(Qcow2UnifiedCache *c, uint64_t cluster)
     return g_hash_table_lookup(c->slices, &first);
 }
 
-static void uc_evict_lru(Qcow2UnifiedCache *c)
+static bool uc_evict_lru(Qcow2UnifiedCache *c)
 {
     GHashTableIter it;
     gpointer value;
@@ -122,11 +122,12 @@ static void uc_evict_lru(Qcow2UnifiedCache *c)
         }
     }
     if (!lru) {
-        return;     /* all held: grow by one until they are put */
+        return false;   /* all held: grow by one until they are put */
     }
     trace_qcow2_uc_evict(c, lru->first);
     c->stats.evictions++;
     g_hash_table_remove(c->slices, &lru->first);
+    return true;
 }
 
 Qcow2UcSlice *qcow2_uc_get(Qcow2UnifiedCache *c, uint64_t cluster,
@@ -137,8 +138,10 @@ Qcow2UcSlice *qcow2_uc_get(Qcow2UnifiedCache *c, uint64_t cluster,
 
     *missed = !slice;
     if (!slice) {
-        if (g_hash_table_size(c->slices) >= c->max_slices) {
-            uc_evict_lru(c);
+        /* Shrink back to size if the cache grew while all were held */
+        while (g_hash_table_size(c->slices) >= c->max_slices &&
+               uc_evict_lru(c)) {
+            continue;
         }
         /* Zeroed: every entry QCOW2_UC_UNRESOLVED */
         slice = g_malloc0(qcow2_uc_slice_bytes(c->slice_clusters));
@@ -169,14 +172,15 @@ Qcow2UcEntry qcow2_uc_decode(uint64_t l2e, unsigned layer,
             .layer = layer, .type = QCOW2_UC_COMPRESSED,
         };
     }
+    if (host & ((1ULL << cluster_bits) - 1)) {
+        /* The layer's own read path reports this as corruption: let it */
+        return (Qcow2UcEntry) { .layer = layer, .type = QCOW2_UC_BAD };
+    }
     if (l2e & QCOW_OFLAG_ZERO) {
         return (Qcow2UcEntry) { .layer = layer, .type = QCOW2_UC_ZERO };
     }
-    if (!host || (host & ((1ULL << cluster_bits) - 1))) {
-        /*
-         * Not held here after all, or held at an offset the layer's own
-         * read path would report as corruption: let it.
-         */
+    if (!host) {
+        /* Not held here after all: the index is not true */
         return (Qcow2UcEntry) { .layer = layer, .type = QCOW2_UC_BAD };
     }
     return (Qcow2UcEntry) {
