@@ -82,7 +82,7 @@ void qcow2_da_invalidate(BlockDriverState *bs, const char *why)
 {
     BDRVQcow2State *s = bs->opaque;
 
-    /* Without the lock (drain): the next read rebuilds under it */
+    /* Without the lock: the next read rebuilds the view under it */
     if (s->bi_da) {
         trace_qcow2_da_invalidate(bs, why);
         qatomic_set(&s->bi_da->stale, true);
@@ -396,11 +396,6 @@ out:
 fail:
     qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
     return ret;
-}
-
-void coroutine_fn qcow2_da_co_drain_begin(BlockDriverState *bs)
-{
-    qcow2_da_invalidate(bs, "drained");
 }
 
 static Qcow2BackingIndexStats *da_get_stats(BlockDriverState *bs)

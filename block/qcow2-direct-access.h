@@ -42,9 +42,6 @@ uint64_t qcow2_da_cache_size(BlockDriverState *bs);
 int qcow2_da_check_cache_size(uint64_t size, unsigned l2_slice_size,
                               Error **errp);
 
-/* .bdrv_co_drain_begin: the chain view is rebuilt after a drain */
-void coroutine_fn qcow2_da_co_drain_begin(BlockDriverState *bs);
-
 /* .bdrv_get_specific_stats: the counters (query-blockstats, qemu-io) */
 BlockStatsSpecific *qcow2_da_get_specific_stats(BlockDriverState *bs);
 
