@@ -362,6 +362,18 @@ out:
     *bytes = MIN(*bytes, ((uint64_t)run << s->cluster_bits) - in_cluster);
     switch (e.type) {
     case QCOW2_UC_DATA:
+        if (da->layer[k]->encrypted &&
+            (!QEMU_IS_ALIGNED(offset, BDRV_SECTOR_SIZE) ||
+             !QEMU_IS_ALIGNED(*bytes, BDRV_SECTOR_SIZE))) {
+            /*
+             * Decryption works on whole sectors, and only the block layer
+             * pads a request to them: let the node right above the layer
+             * read it, one hop, as for a raw base.
+             */
+            *task_bs = k + 1 < da->depth ? da->layer[k + 1] : bs;
+            *type = QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN;
+            break;
+        }
         *task_bs = da->layer[k];
         *type = QCOW2_SUBCLUSTER_NORMAL;
         *host_offset = e.host + in_cluster;
