@@ -435,6 +435,67 @@ static int bi_write_tables(BlockDriverState *bs, uint8_t *buf,
 }
 
 /*
+ * L2 copy proper: when the parent's own index is trusted, the new top's
+ * entries for the @n clusters from @first on (one whole L2 table) follow
+ * from the parent's entries alone: a cluster the parent holds is at the
+ * parent's depth, any other carries the parent's index.  Read the parent's
+ * table straight into @table (bypassing its L2 cache, which the caller
+ * wrote back) and turn it into the new top's table in place.  Returns 1 if
+ * done, 0 if this table needs the generic walk (no trusted qcow2 parent,
+ * or an entry whose index the parent could not carry), or -errno.
+ */
+static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
+                                uint64_t *table, bool *any, Error **errp)
+{
+    BDRVQcow2State *s = c->top->opaque;
+    BlockDriverState *parent = c->layer[1];
+    BDRVQcow2State *ps = parent->opaque;
+    unsigned pdepth = c->n - 1;
+    uint64_t pend = qcow2_bi_layer_size(parent) >> s->cluster_bits;
+    uint64_t l1_index = first >> s->l2_bits;
+    uint64_t l2_offset;
+    unsigned i;
+    int ret;
+
+    l2_offset = l1_index < ps->l1_size ?
+                ps->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
+    if (!l2_offset) {
+        /* An indexed layer has an L2 table wherever a lower layer holds */
+        *any = false;
+        return 1;
+    }
+    if (offset_into_cluster(ps, l2_offset)) {
+        return 0;   /* let the generic path report it */
+    }
+    ret = bdrv_pread(parent->file, l2_offset, s->cluster_size, table, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read an L2 table of '%s'",
+                         parent->filename);
+        return ret;
+    }
+    *any = false;
+    for (i = 0; i < n; i++) {
+        uint64_t e = be64_to_cpu(table[i]);
+        unsigned d;
+
+        if (first + i >= pend) {
+            d = QCOW2_BI_NONE;
+        } else if (e & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO |
+                        L2E_OFFSET_MASK)) {
+            d = pdepth;     /* compressed, zero or data: the parent holds */
+        } else {
+            d = qcow2_bi_get(e);
+            if (d >= pdepth) {
+                return 0;   /* not an index the parent can carry */
+            }
+        }
+        *any |= d != QCOW2_BI_NONE;
+        table[i] = cpu_to_be64(qcow2_bi_set(0, d));
+    }
+    return 1;
+}
+
+/*
  * The fast path of an L2 copy into a new image (no L2 tables yet): compute
  * whole L2 tables in memory, allocate them in batches of contiguous
  * clusters, write each batch with one request, then write the L1 table
@@ -455,30 +516,50 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
     g_autofree uint64_t *l1_index = g_new(uint64_t, batch_max);
     g_autofree uint64_t *l1_be = NULL;
     uint8_t *buf = qemu_blockalign(bs, (size_t)batch_max * s->cluster_size);
+    bool copy = c->parent_trusted && c->n > 1 &&
+                qcow2_bi_is_qcow2(c->layer[1]);
     unsigned nb = 0, i;
     uint64_t first;
     int ret = 0;
 
     memset(st, 0, sizeof(*st));
+    if (copy) {
+        BDRVQcow2State *ps = c->layer[1]->opaque;
+
+        /* The parent's tables are read from its file, not its cache */
+        ret = qcow2_cache_write(c->layer[1], ps->l2_table_cache);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write back the L2 "
+                             "tables of '%s'", c->layer[1]->filename);
+            goto out;
+        }
+    }
     for (first = 0; first < nb_clusters; first += per_table) {
         unsigned n = MIN(per_table, nb_clusters - first);
         uint64_t *table = (uint64_t *)(buf + (size_t)nb * s->cluster_size);
         bool any = false;
 
-        ret = bi_resolve(c, first, n, depth, scratch, errp);
+        ret = copy ? bi_copy_parent_table(c, first, n, table, &any, errp)
+                   : 0;
         if (ret < 0) {
             goto out;
         }
-        for (i = 0; i < n; i++) {
-            any |= depth[i] != QCOW2_BI_NONE;
+        if (ret == 0) {
+            ret = bi_resolve(c, first, n, depth, scratch, errp);
+            if (ret < 0) {
+                goto out;
+            }
+            for (i = 0; i < n; i++) {
+                any |= depth[i] != QCOW2_BI_NONE;
+                table[i] = cpu_to_be64(qcow2_bi_set(0, depth[i]));
+            }
         }
         if (!any) {
             continue;
         }
         memset(table + n, 0, s->cluster_size - n * sizeof(table[0]));
         for (i = 0; i < n; i++) {
-            table[i] = cpu_to_be64(qcow2_bi_set(0, depth[i]));
-            st->entries_changed += depth[i] != QCOW2_BI_NONE;
+            st->entries_changed += table[i] != 0;
         }
         l1_index[nb++] = first / per_table;
         st->slices_written++;
