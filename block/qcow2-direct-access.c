@@ -37,6 +37,7 @@ struct Qcow2DirectAccess {
     char *reason;               /* why the chain does not validate */
     unsigned depth;             /* the top's depth; 0 if not valid */
     BlockDriverState **layer;   /* [1..depth - 1]: the node at that depth */
+    uint64_t min_lower_size;    /* the smallest lower layer, in bytes */
 
     Qcow2UnifiedCache *cache;
     uint64_t cache_size;        /* bytes the cache was sized for */
@@ -177,9 +178,11 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
     da->depth = s->bi_ext.depth;
     da->layer = g_new0(BlockDriverState *, da->depth);
     d = da->depth;
+    da->min_lower_size = UINT64_MAX;
     for (l = qcow2_bi_next_layer(bs); l; l = qcow2_bi_next_layer(l)) {
         assert(d > 1);
         da->layer[--d] = l;
+        da->min_lower_size = MIN(da->min_lower_size, qcow2_bi_layer_size(l));
     }
     assert(d == 1);
     if (!da->cache) {
@@ -408,6 +411,68 @@ out:
 fail:
     qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
     return ret;
+}
+
+BlockDriverState *coroutine_fn
+qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
+                            int64_t *bytes, int *skipped)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BlockDriverState *below = NULL;
+    Qcow2DirectAccess *da;
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    unsigned in_cluster = offset_into_cluster(s, offset);
+    unsigned i0 = offset_to_l2_slice_index(s, offset);
+    uint64_t nb, run, l2_offset, *l2_slice = NULL;
+    unsigned k;
+
+    if (!s->bi_enabled || !bs->backing) {
+        return NULL;
+    }
+    qemu_co_mutex_lock(&s->lock);
+    da = da_view(bs);
+    /*
+     * A lower layer that ends inside the range would make the walk stop
+     * there with synthesized zeroes: leave such ranges to the walk.
+     */
+    if (!da->depth || offset + *bytes > da->min_lower_size) {
+        goto out;
+    }
+    nb = MIN(size_to_clusters(s, in_cluster + *bytes),
+             s->l2_slice_size - i0);
+    l2_offset = l1_index < s->l1_size ?
+                s->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
+    if (!l2_offset) {
+        k = QCOW2_BI_NONE;
+        run = nb;
+    } else {
+        if (qcow2_cache_get(bs, s->l2_table_cache,
+                            l2_offset + (offset_to_l2_index(s, offset) - i0) *
+                            l2_entry_size(s), (void **)&l2_slice) < 0) {
+            goto out;
+        }
+        k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
+        for (run = 0; run < nb; run++) {
+            uint64_t e = get_l2_entry(s, l2_slice, i0 + run);
+
+            if (qcow2_get_cluster_type(bs, e) != QCOW2_CLUSTER_UNALLOCATED ||
+                qcow2_bi_get(e) != k) {
+                break;
+            }
+        }
+        qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+        if (!run || k >= da->depth) {
+            goto out;
+        }
+    }
+    /* The layers in between hold none of these clusters */
+    below = da->layer[k ? k : 1];
+    *skipped = da->depth - 1 - (k ? k : 1);
+    *bytes = MIN(*bytes, (int64_t)(run << s->cluster_bits) - in_cluster);
+    trace_qcow2_da_block_status_below(bs, offset, *bytes, k);
+out:
+    qemu_co_mutex_unlock(&s->lock);
+    return below;
 }
 
 static Qcow2BackingIndexStats *da_get_stats(BlockDriverState *bs)

@@ -30,6 +30,11 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
                                   uint64_t *host_offset,
                                   QCow2SubclusterType *type);
 
+/* .bdrv_co_block_status_below: skip the layers the index says hold nothing */
+BlockDriverState *coroutine_fn
+qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
+                            int64_t *bytes, int *skipped);
+
 /* Rebuild the chain view and the unified cache before the next read */
 void qcow2_da_invalidate(BlockDriverState *bs, const char *why);
 /* Forget the chain view, the unified cache and the counters */
