@@ -31,7 +31,6 @@
 struct Qcow2DirectAccess {
     /* The chain view, and the generations it was built at */
     bool built;
-    bool stale;                 /* rebuild before the next read */
     uint64_t graph_gen;
     uint64_t bi_gen;
     char *reason;               /* why the chain does not validate */
@@ -77,17 +76,6 @@ void qcow2_da_free(BlockDriverState *bs)
     g_free(da->l2e);
     g_free(da);
     s->bi_da = NULL;
-}
-
-void qcow2_da_invalidate(BlockDriverState *bs, const char *why)
-{
-    BDRVQcow2State *s = bs->opaque;
-
-    /* Without the lock: the next read rebuilds the view under it */
-    if (s->bi_da) {
-        trace_qcow2_da_invalidate(bs, why);
-        qatomic_set(&s->bi_da->stale, true);
-    }
 }
 
 void qcow2_da_clean_unused(BlockDriverState *bs)
@@ -141,12 +129,11 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
         da->l2e = g_new(uint64_t, s->l2_slice_size);
     }
     if (da->built && da->graph_gen == graph_gen && da->bi_gen == bi_gen &&
-        da->cache_size == cache_size && !qatomic_read(&da->stale)) {
+        da->cache_size == cache_size) {
         return da;
     }
 
     da_drop_view(da);
-    qatomic_set(&da->stale, false);
     da->built = true;
     da->graph_gen = graph_gen;
     da->bi_gen = bi_gen;
@@ -194,6 +181,51 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
     return da;
 }
 
+/* Where @s keeps the L2 table for L1 entry @l1_index (0: nowhere) */
+static uint64_t da_l2_table(BDRVQcow2State *s, uint64_t l1_index)
+{
+    return l1_index < s->l1_size ? s->l1_table[l1_index] & L1E_OFFSET_MASK
+                                 : 0;
+}
+
+/*
+ * The top's L2 slice holding @offset, from its L2 cache (put it back with
+ * qcow2_cache_put()), or NULL if the top has no L2 table there.
+ */
+static int coroutine_fn da_top_slice(BlockDriverState *bs, uint64_t offset,
+                                     uint64_t **l2_slice)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t l2_offset = da_l2_table(s, offset_to_l1_index(s, offset));
+
+    *l2_slice = NULL;
+    if (!l2_offset) {
+        return 0;
+    }
+    return qcow2_cache_get(bs, s->l2_table_cache,
+                           l2_offset + (offset_to_l2_index(s, offset) -
+                                        offset_to_l2_slice_index(s, offset)) *
+                           l2_entry_size(s), (void **)l2_slice);
+}
+
+/* How many of the @nb entries from @i0 are unallocated with index @k */
+static unsigned da_index_run(BlockDriverState *bs, uint64_t *l2_slice,
+                             unsigned i0, unsigned nb, unsigned k)
+{
+    BDRVQcow2State *s = bs->opaque;
+    unsigned run;
+
+    for (run = 0; run < nb; run++) {
+        uint64_t e = get_l2_entry(s, l2_slice, i0 + run);
+
+        if (qcow2_get_cluster_type(bs, e) != QCOW2_CLUSTER_UNALLOCATED ||
+            qcow2_bi_get(e) != k) {
+            break;
+        }
+    }
+    return run;
+}
+
 /*
  * Resolve, in @slice, every entry the top's index says layer @k holds:
  * read layer @k's L2 entries for the slice once.
@@ -206,7 +238,7 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
     BlockDriverState *l = da->layer[k];
     unsigned n = s->l2_slice_size, i;
     BDRVQcow2State *ls;
-    uint64_t l1_index, l2_offset;
+    uint64_t l2_offset;
     int ret;
 
     for (i = 0; i < n; i++) {
@@ -221,9 +253,7 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
     }
 
     ls = l->opaque;
-    l1_index = slice->first >> ls->l2_bits;
-    l2_offset = l1_index < ls->l1_size ?
-                ls->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
+    l2_offset = da_l2_table(ls, slice->first >> ls->l2_bits);
     if (!l2_offset || offset_into_cluster(ls, l2_offset)) {
         /* Nothing there: every such entry is read the vanilla way */
         qcow2_uc_correct(da->cache, slice, k, da->want, NULL, n,
@@ -274,8 +304,7 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
     uint64_t cluster = offset >> s->cluster_bits;
     unsigned in_cluster = offset_into_cluster(s, offset);
     unsigned nb = size_to_clusters(s, in_cluster + (uint64_t)*bytes);
-    uint64_t l1_index = offset_to_l1_index(s, offset);
-    uint64_t l2_offset, *l2_slice;
+    uint64_t *l2_slice;
     unsigned i0 = offset_to_l2_slice_index(s, offset), run, k;
     Qcow2UcSlice *slice;
     Qcow2UcEntry e;
@@ -295,29 +324,21 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
     /* The caller's run of unallocated clusters ends within one L2 slice */
     assert(i0 + nb <= s->l2_slice_size);
 
-    l2_offset = l1_index < s->l1_size ?
-                s->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
-    if (!l2_offset) {
+    ret = da_top_slice(bs, offset, &l2_slice);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!l2_slice) {
         /* An indexed top has an L2 table wherever a lower layer holds */
         da->cache->stats.hit_unallocated += nb;
         *type = QCOW2_SUBCLUSTER_ZERO_PLAIN;
         return 0;
     }
-    ret = qcow2_cache_get(bs, s->l2_table_cache,
-                          l2_offset + (offset_to_l2_index(s, offset) - i0) *
-                          l2_entry_size(s), (void **)&l2_slice);
-    if (ret < 0) {
-        return ret;
-    }
 
     k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
     if (k == QCOW2_BI_NONE) {
-        for (run = 1; run < nb; run++) {
-            if (qcow2_bi_get(get_l2_entry(s, l2_slice, i0 + run)) !=
-                QCOW2_BI_NONE) {
-                break;
-            }
-        }
+        /* The caller's run is unallocated in the top: at least one */
+        run = da_index_run(bs, l2_slice, i0, nb, QCOW2_BI_NONE);
         da->cache->stats.hit_unallocated += run;
         e = (Qcow2UcEntry) { .type = QCOW2_UC_ZERO };
         goto out;
@@ -420,11 +441,10 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
     BDRVQcow2State *s = bs->opaque;
     BlockDriverState *below = NULL;
     Qcow2DirectAccess *da;
-    uint64_t l1_index = offset_to_l1_index(s, offset);
     unsigned in_cluster = offset_into_cluster(s, offset);
     unsigned i0 = offset_to_l2_slice_index(s, offset);
-    uint64_t nb, run, l2_offset, *l2_slice = NULL;
-    unsigned k;
+    uint64_t *l2_slice;
+    unsigned nb, run, k;
 
     if (!s->bi_enabled || !bs->backing) {
         return NULL;
@@ -440,26 +460,15 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
     }
     nb = MIN(size_to_clusters(s, in_cluster + *bytes),
              s->l2_slice_size - i0);
-    l2_offset = l1_index < s->l1_size ?
-                s->l1_table[l1_index] & L1E_OFFSET_MASK : 0;
-    if (!l2_offset) {
+    if (da_top_slice(bs, offset, &l2_slice) < 0) {
+        goto out;
+    }
+    if (!l2_slice) {
         k = QCOW2_BI_NONE;
         run = nb;
     } else {
-        if (qcow2_cache_get(bs, s->l2_table_cache,
-                            l2_offset + (offset_to_l2_index(s, offset) - i0) *
-                            l2_entry_size(s), (void **)&l2_slice) < 0) {
-            goto out;
-        }
         k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
-        for (run = 0; run < nb; run++) {
-            uint64_t e = get_l2_entry(s, l2_slice, i0 + run);
-
-            if (qcow2_get_cluster_type(bs, e) != QCOW2_CLUSTER_UNALLOCATED ||
-                qcow2_bi_get(e) != k) {
-                break;
-            }
-        }
+        run = da_index_run(bs, l2_slice, i0, nb, k);
         qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
         if (!run || k >= da->depth) {
             goto out;
@@ -468,7 +477,7 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
     /* The layers in between hold none of these clusters */
     below = da->layer[k ? k : 1];
     *skipped = da->depth - 1 - (k ? k : 1);
-    *bytes = MIN(*bytes, (int64_t)(run << s->cluster_bits) - in_cluster);
+    *bytes = MIN(*bytes, ((int64_t)run << s->cluster_bits) - in_cluster);
     trace_qcow2_da_block_status_below(bs, offset, *bytes, k);
 out:
     qemu_co_mutex_unlock(&s->lock);

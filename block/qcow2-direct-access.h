@@ -35,8 +35,6 @@ BlockDriverState *coroutine_fn
 qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
                             int64_t *bytes, int *skipped);
 
-/* Rebuild the chain view and the unified cache before the next read */
-void qcow2_da_invalidate(BlockDriverState *bs, const char *why);
 /* Forget the chain view, the unified cache and the counters */
 void qcow2_da_free(BlockDriverState *bs);
 /* cache-clean-interval: drop slices unused since the last call */
