@@ -22,6 +22,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/atomic.h"
+#include "qemu/memalign.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 #include "qcow2-unified-cache.h"
@@ -293,6 +294,69 @@ static bool da_continues(const Qcow2UcEntry *a, const Qcow2UcEntry *b,
     }
 }
 
+/*
+ * What the top's index and the unified cache say about the @nb clusters
+ * from @offset (within the top's L2 slice @l2_slice), which the top
+ * leaves unallocated: the layer *@k and the entry *@e of the first
+ * cluster.  Returns how many of the clusters (at least one) the same
+ * read can serve, or a negative errno if a lower layer's L2 entries could
+ * not be read.  Call with the top's lock held.
+ */
+static int coroutine_fn da_lookup(BlockDriverState *bs, Qcow2DirectAccess *da,
+                                  uint64_t offset, unsigned nb,
+                                  uint64_t *l2_slice, unsigned *k,
+                                  Qcow2UcEntry *e)
+{
+    BDRVQcow2State *s = bs->opaque;
+    unsigned i0 = offset_to_l2_slice_index(s, offset), run;
+    Qcow2UcSlice *slice;
+    bool missed;
+    int ret;
+
+    *k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
+    if (*k == QCOW2_BI_NONE) {
+        /* The caller's run is unallocated in the top: at least one */
+        run = da_index_run(bs, l2_slice, i0, nb, QCOW2_BI_NONE);
+        da->cache->stats.hit_unallocated += run;
+        *e = (Qcow2UcEntry) { .type = QCOW2_UC_ZERO };
+        return run;
+    }
+    if (*k >= da->depth) {
+        /* Not a layer below the top: impossible in a valid index */
+        *e = (Qcow2UcEntry) { .type = QCOW2_UC_BAD };
+        return 1;
+    }
+
+    da->cache->stats.lookups++;
+    slice = qcow2_uc_get(da->cache, offset >> s->cluster_bits, &missed);
+    *e = slice->e[i0];
+    if (e->type == QCOW2_UC_UNRESOLVED || e->layer != *k) {
+        da->cache->stats.misses++;
+        trace_qcow2_da_miss(bs, offset, *k, missed);
+        ret = da_correct(bs, da, slice, l2_slice, *k);
+        if (ret < 0) {
+            qcow2_uc_put(slice);
+            return ret;
+        }
+        *e = slice->e[i0];
+        assert(e->layer == *k && e->type != QCOW2_UC_UNRESOLVED);
+    } else {
+        da->cache->stats.hits++;
+    }
+    for (run = 1; run < nb; run++) {
+        uint64_t next = get_l2_entry(s, l2_slice, i0 + run);
+
+        if (qcow2_bi_get(next) != *k ||
+            !da_continues(e, &slice->e[i0 + run], run, s->cluster_bits)) {
+            break;
+        }
+        da->cache->stats.lookups++;
+        da->cache->stats.hits++;
+    }
+    qcow2_uc_put(slice);
+    return run;
+}
+
 int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
                                   unsigned int *bytes,
                                   BlockDriverState **task_bs,
@@ -301,15 +365,12 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2DirectAccess *da;
-    uint64_t cluster = offset >> s->cluster_bits;
     unsigned in_cluster = offset_into_cluster(s, offset);
     unsigned nb = size_to_clusters(s, in_cluster + (uint64_t)*bytes);
     uint64_t *l2_slice;
-    unsigned i0 = offset_to_l2_slice_index(s, offset), run, k;
-    Qcow2UcSlice *slice;
+    unsigned k;
     Qcow2UcEntry e;
-    bool missed;
-    int ret;
+    int run;
 
     *task_bs = bs;
     if (!s->bi_enabled || !bs->backing) {
@@ -322,11 +383,11 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
         return 0;
     }
     /* The caller's run of unallocated clusters ends within one L2 slice */
-    assert(i0 + nb <= s->l2_slice_size);
+    assert(offset_to_l2_slice_index(s, offset) + nb <= s->l2_slice_size);
 
-    ret = da_top_slice(bs, offset, &l2_slice);
-    if (ret < 0) {
-        return ret;
+    run = da_top_slice(bs, offset, &l2_slice);
+    if (run < 0) {
+        return run;
     }
     if (!l2_slice) {
         /* An indexed top has an L2 table wherever a lower layer holds */
@@ -334,55 +395,15 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
         *type = QCOW2_SUBCLUSTER_ZERO_PLAIN;
         return 0;
     }
-
-    k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
-    if (k == QCOW2_BI_NONE) {
-        /* The caller's run is unallocated in the top: at least one */
-        run = da_index_run(bs, l2_slice, i0, nb, QCOW2_BI_NONE);
-        da->cache->stats.hit_unallocated += run;
-        e = (Qcow2UcEntry) { .type = QCOW2_UC_ZERO };
-        goto out;
+    run = da_lookup(bs, da, offset, nb, l2_slice, &k, &e);
+    qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+    if (run < 0) {
+        return run;
     }
-    if (k >= da->depth) {
-        /* Not a layer below the top: impossible in a valid index */
-        e = (Qcow2UcEntry) { .type = QCOW2_UC_BAD };
-        run = 1;
-        goto out;
-    }
-
-    da->cache->stats.lookups++;
-    slice = qcow2_uc_get(da->cache, cluster, &missed);
-    e = slice->e[i0];
-    if (e.type == QCOW2_UC_UNRESOLVED || e.layer != k) {
-        da->cache->stats.misses++;
-        trace_qcow2_da_miss(bs, offset, k, missed);
-        ret = da_correct(bs, da, slice, l2_slice, k);
-        if (ret < 0) {
-            qcow2_uc_put(slice);
-            goto fail;
-        }
-        e = slice->e[i0];
-        assert(e.layer == k && e.type != QCOW2_UC_UNRESOLVED);
-    } else {
-        da->cache->stats.hits++;
-    }
-    for (run = 1; run < nb; run++) {
-        uint64_t next = get_l2_entry(s, l2_slice, i0 + run);
-
-        if (qcow2_bi_get(next) != k ||
-            !da_continues(&e, &slice->e[i0 + run], run, s->cluster_bits)) {
-            break;
-        }
-        da->cache->stats.lookups++;
-        da->cache->stats.hits++;
-    }
-    qcow2_uc_put(slice);
     if (e.type == QCOW2_UC_DATA && da->layer[k]->encrypted) {
         run = MIN(run, QCOW_MAX_CRYPT_CLUSTERS);
     }
 
-out:
-    qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
     *bytes = MIN(*bytes, ((uint64_t)run << s->cluster_bits) - in_cluster);
     switch (e.type) {
     case QCOW2_UC_DATA:
@@ -428,15 +449,96 @@ out:
     da->direct_reads++;
     trace_qcow2_da_direct(bs, offset, *bytes, k, *host_offset);
     return 0;
+}
 
-fail:
-    qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
-    return ret;
+/*
+ * qcow2_detect_metadata_preallocation() for lower layer @l, with the same
+ * answer, but reading the layer's refcount blocks into a scratch buffer
+ * instead of through its refcount cache, which would otherwise cost every
+ * layer of the chain a cluster of memory.  Call with @l's lock held.
+ */
+static int coroutine_fn da_detect_preallocation(BlockDriverState *l)
+{
+    BDRVQcow2State *ls = l->opaque;
+    int64_t file_length, real_allocation, real_clusters, threshold;
+    int64_t end, i, count = 0;
+    void *block;
+    int ret = 0;
+
+    file_length = bdrv_getlength(l->file->bs);
+    if (file_length < 0) {
+        return file_length;
+    }
+    real_allocation = bdrv_get_allocated_file_size(l->file->bs);
+    if (real_allocation < 0) {
+        return real_allocation;
+    }
+    real_clusters = real_allocation / ls->cluster_size;
+    threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
+    end = size_to_clusters(ls, file_length);
+
+    block = qemu_try_blockalign(l->file->bs, ls->cluster_size);
+    if (!block) {
+        return -ENOMEM;
+    }
+    for (i = 0; i < end && count < threshold; ) {
+        uint64_t table_index = i >> ls->refcount_block_bits;
+        uint64_t first = i & (ls->refcount_block_size - 1);
+        uint64_t n = MIN(end - i, ls->refcount_block_size - first), j;
+        uint64_t block_offset = table_index < ls->refcount_table_size ?
+            ls->refcount_table[table_index] & REFT_OFFSET_MASK : 0;
+
+        i += n;
+        if (!block_offset) {
+            continue;
+        }
+        if (offset_into_cluster(ls, block_offset)) {
+            ret = -EIO;
+            break;
+        }
+        ret = bdrv_co_pread(l->file, block_offset, ls->cluster_size, block,
+                            0);
+        if (ret < 0) {
+            break;
+        }
+        for (j = first; j < first + n && count < threshold; j++) {
+            count += !!ls->get_refcount(block, j);
+        }
+    }
+    qemu_vfree(block);
+    return ret < 0 ? ret : count >= threshold;
+}
+
+/*
+ * Whether the status of lower layer @l for a run of data clusters is
+ * known without asking it: what qcow2_co_block_status() says of plain
+ * data in an unencrypted layer, unless the layer is metadata-preallocated
+ * (it then asks its file where the holes are, BDRV_BLOCK_RECURSE).  That
+ * is found out once per layer, as qcow2_co_block_status() does.
+ */
+static bool coroutine_fn da_status_known(BlockDriverState *l)
+{
+    BDRVQcow2State *ls = l->opaque;
+    bool known;
+
+    if (!qcow2_bi_is_qcow2(l) || l->encrypted) {
+        return false;
+    }
+    qemu_co_mutex_lock(&ls->lock);
+    if (!ls->metadata_preallocation_checked) {
+        ls->metadata_preallocation = da_detect_preallocation(l) == 1;
+        ls->metadata_preallocation_checked = true;
+    }
+    known = !ls->metadata_preallocation;
+    qemu_co_mutex_unlock(&ls->lock);
+    return known;
 }
 
 BlockDriverState *coroutine_fn
-qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
-                            int64_t *bytes, int *skipped)
+qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
+                            int64_t offset, int64_t *bytes, int *skipped,
+                            int *status, int64_t *map,
+                            BlockDriverState **file)
 {
     BDRVQcow2State *s = bs->opaque;
     BlockDriverState *below = NULL;
@@ -445,6 +547,8 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
     unsigned i0 = offset_to_l2_slice_index(s, offset);
     uint64_t *l2_slice;
     unsigned nb, run, k;
+    Qcow2UcEntry e;
+    int ret;
 
     if (!s->bi_enabled || !bs->backing) {
         return NULL;
@@ -468,9 +572,27 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
         run = nb;
     } else {
         k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
+        if (k != QCOW2_BI_NONE && k < da->depth &&
+            da_status_known(da->layer[k])) {
+            /*
+             * Answer for layer k from the unified cache, so that its own
+             * L2 cache stays empty; an error leaves it to the walk.
+             */
+            ret = da_lookup(bs, da, offset, nb, l2_slice, &k, &e);
+            if (ret > 0 && e.type == QCOW2_UC_DATA) {
+                BDRVQcow2State *ls = da->layer[k]->opaque;
+
+                *status = BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID |
+                          BDRV_BLOCK_ALLOCATED;
+                *map = e.host + in_cluster;
+                *file = ls->data_file->bs;
+                nb = ret;
+            }
+        }
         run = da_index_run(bs, l2_slice, i0, nb, k);
         qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
         if (!run || k >= da->depth) {
+            *status = 0;
             goto out;
         }
     }
@@ -478,7 +600,7 @@ qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
     below = da->layer[k ? k : 1];
     *skipped = da->depth - 1 - (k ? k : 1);
     *bytes = MIN(*bytes, ((int64_t)run << s->cluster_bits) - in_cluster);
-    trace_qcow2_da_block_status_below(bs, offset, *bytes, k);
+    trace_qcow2_da_block_status_below(bs, offset, *bytes, k, *status);
 out:
     qemu_co_mutex_unlock(&s->lock);
     return below;

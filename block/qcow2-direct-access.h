@@ -30,10 +30,16 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
                                   uint64_t *host_offset,
                                   QCow2SubclusterType *type);
 
-/* .bdrv_co_block_status_below: skip the layers the index says hold nothing */
+/*
+ * .bdrv_co_block_status_below: skip the layers the index says hold
+ * nothing, and answer for the layer that holds a run of data from the
+ * unified cache
+ */
 BlockDriverState *coroutine_fn
-qcow2_da_block_status_below(BlockDriverState *bs, int64_t offset,
-                            int64_t *bytes, int *skipped);
+qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
+                            int64_t offset, int64_t *bytes, int *skipped,
+                            int *status, int64_t *map,
+                            BlockDriverState **file);
 
 /* Forget the chain view, the unified cache and the counters */
 void qcow2_da_free(BlockDriverState *bs);
