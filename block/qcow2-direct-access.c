@@ -29,6 +29,9 @@
 #include "qcow2-direct-access.h"
 #include "trace.h"
 
+/* Lower L2 entries are read in blocks of this many bytes */
+#define DA_L2_READ_ALIGN 4096
+
 struct Qcow2DirectAccess {
     /* The chain view, and the generations it was built at */
     bool built;
@@ -237,7 +240,7 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
 {
     BDRVQcow2State *s = bs->opaque;
     BlockDriverState *l = da->layer[k];
-    unsigned n = s->l2_slice_size, i;
+    unsigned n = s->l2_slice_size, i, lo = n, hi = 0;
     BDRVQcow2State *ls;
     uint64_t l2_offset;
     int ret;
@@ -247,7 +250,12 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
 
         da->want[i] = qcow2_get_cluster_type(bs, e) ==
                       QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(e) : 0;
+        if (da->want[i] == k) {
+            lo = MIN(lo, i);
+            hi = i + 1;
+        }
     }
+    assert(lo < hi);
     if (!qcow2_bi_is_qcow2(l)) {
         qcow2_uc_correct_raw(da->cache, slice, k, da->want, n);
         return 0;
@@ -262,13 +270,24 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
         return 0;
     }
     l2_offset += (slice->first & (ls->l2_size - 1)) * sizeof(uint64_t);
-    trace_qcow2_da_lower_slice_read(bs, k, l2_offset);
+    /*
+     * Only the entries from the first to the last that the top's index
+     * gives to layer k are needed: with 64 KiB slices on a long chain a
+     * layer holds a few clusters of a slice, and a full read of the disk
+     * would read an L2 table per layer.  Whole 4 KiB blocks of them, so
+     * that a read with O_DIRECT needs no bounce buffer.
+     */
+    lo = QEMU_ALIGN_DOWN(lo, DA_L2_READ_ALIGN / sizeof(uint64_t));
+    hi = MIN(QEMU_ALIGN_UP(hi, DA_L2_READ_ALIGN / sizeof(uint64_t)), n);
+    trace_qcow2_da_lower_slice_read(bs, k, l2_offset + lo * sizeof(uint64_t),
+                                    (hi - lo) * sizeof(uint64_t));
     da->cache->stats.lower_slice_reads++;
-    ret = bdrv_co_pread(l->file, l2_offset, n * sizeof(uint64_t), da->l2e, 0);
+    ret = bdrv_co_pread(l->file, l2_offset + lo * sizeof(uint64_t),
+                        (hi - lo) * sizeof(uint64_t), da->l2e + lo, 0);
     if (ret < 0) {
         return ret;
     }
-    for (i = 0; i < n; i++) {
+    for (i = lo; i < hi; i++) {
         da->l2e[i] = be64_to_cpu(da->l2e[i]);
     }
     qcow2_uc_correct(da->cache, slice, k, da->want, da->l2e, n,
