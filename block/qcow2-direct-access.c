@@ -23,6 +23,7 @@
 #include "qapi/error.h"
 #include "qemu/atomic.h"
 #include "qemu/memalign.h"
+#include "block/aio_task.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 #include "qcow2-unified-cache.h"
@@ -31,6 +32,15 @@
 
 /* Lower L2 entries are read in blocks of this many bytes */
 #define DA_L2_READ_ALIGN 4096
+
+/* Lower layers' L2 entries read at the same time by a cache correction */
+#define DA_CORRECT_WORKERS 16
+
+/* The entries of one slice that the top's index gives to one layer */
+typedef struct DaLayerSpan {
+    unsigned lo, hi;            /* from the first to the last: [lo, hi) */
+    bool stale;                 /* some of them are not resolved */
+} DaLayerSpan;
 
 struct Qcow2DirectAccess {
     /* The chain view, and the generations it was built at */
@@ -46,7 +56,7 @@ struct Qcow2DirectAccess {
     uint64_t cache_size;        /* bytes the cache was sized for */
 
     uint16_t *want;             /* the top's index for one slice */
-    uint64_t *l2e;              /* a lower layer's entries for one slice */
+    DaLayerSpan *span;          /* [1..depth - 1]: per layer, one slice */
 
     uint64_t direct_reads;      /* runs read straight from a lower layer */
     uint64_t vanilla_fallbacks; /* runs read through the backing chain */
@@ -57,6 +67,8 @@ static void da_drop_view(Qcow2DirectAccess *da)
 {
     g_free(da->layer);
     da->layer = NULL;
+    g_free(da->span);
+    da->span = NULL;
     g_free(da->reason);
     da->reason = NULL;
     da->depth = 0;
@@ -77,7 +89,6 @@ void qcow2_da_free(BlockDriverState *bs)
     da_drop_view(da);
     qcow2_uc_free(da->cache);
     g_free(da->want);
-    g_free(da->l2e);
     g_free(da);
     s->bi_da = NULL;
 }
@@ -130,7 +141,6 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
     if (!da) {
         da = s->bi_da = g_new0(Qcow2DirectAccess, 1);
         da->want = g_new(uint16_t, s->l2_slice_size);
-        da->l2e = g_new(uint64_t, s->l2_slice_size);
     }
     if (da->built && da->graph_gen == graph_gen && da->bi_gen == bi_gen &&
         da->cache_size == cache_size) {
@@ -168,6 +178,7 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
 
     da->depth = s->bi_ext.depth;
     da->layer = g_new0(BlockDriverState *, da->depth);
+    da->span = g_new(DaLayerSpan, da->depth);
     d = da->depth;
     da->min_lower_size = UINT64_MAX;
     for (l = qcow2_bi_next_layer(bs); l; l = qcow2_bi_next_layer(l)) {
@@ -230,69 +241,138 @@ static unsigned da_index_run(BlockDriverState *bs, uint64_t *l2_slice,
     return run;
 }
 
+/* One layer's part of a cache correction: read its L2 entries [lo, hi) */
+typedef struct DaCorrectTask {
+    AioTask task;
+    BlockDriverState *bs;
+    Qcow2DirectAccess *da;
+    Qcow2UcSlice *slice;
+    unsigned k, lo, hi;
+    uint64_t l2_offset;         /* where layer k keeps the slice's entries */
+} DaCorrectTask;
+
+static int coroutine_fn da_correct_task(AioTask *task)
+{
+    DaCorrectTask *t = container_of(task, DaCorrectTask, task);
+    BDRVQcow2State *s = t->bs->opaque;
+    BlockDriverState *l = t->da->layer[t->k];
+    uint64_t bytes = (t->hi - t->lo) * sizeof(uint64_t);
+    uint64_t *l2e;
+    unsigned i;
+    int ret;
+
+    l2e = qemu_try_blockalign(l->file->bs,
+                              s->l2_slice_size * sizeof(uint64_t));
+    if (!l2e) {
+        return -ENOMEM;
+    }
+    trace_qcow2_da_lower_slice_read(t->bs, t->k, t->l2_offset +
+                                    t->lo * sizeof(uint64_t), bytes);
+    t->da->cache->stats.lower_slice_reads++;
+    ret = bdrv_co_pread(l->file, t->l2_offset + t->lo * sizeof(uint64_t),
+                        bytes, l2e + t->lo, 0);
+    if (ret >= 0) {
+        for (i = t->lo; i < t->hi; i++) {
+            l2e[i] = be64_to_cpu(l2e[i]);
+        }
+        qcow2_uc_correct(t->da->cache, t->slice, t->k, t->da->want, l2e,
+                         s->l2_slice_size, s->cluster_bits);
+    }
+    qemu_vfree(l2e);
+    return ret < 0 ? ret : 0;
+}
+
 /*
- * Resolve, in @slice, every entry the top's index says layer @k holds:
- * read layer @k's L2 entries for the slice once.
+ * Cache correction of @slice, which missed an entry of layer @k: resolve
+ * every entry of the slice that the top's index gives to a layer, for
+ * each layer with an entry of the slice not resolved yet, reading each
+ * such layer's L2 entries for the slice once.  The reads go out in
+ * parallel: on a long chain with clusters spread over the layers, a
+ * slice names hundreds of layers, and one read after the other, each
+ * waiting for the disk, would cost a full read of the disk about a tenth
+ * of its time.  Of a layer's entries, only those from the first to the
+ * last the index gives to it are read, in whole DA_L2_READ_ALIGN blocks
+ * (so that a read with O_DIRECT needs no bounce buffer): with 64 KiB
+ * slices a layer holds a few clusters of each.
  */
 static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
                                    Qcow2UcSlice *slice, uint64_t *l2_slice,
                                    unsigned k)
 {
     BDRVQcow2State *s = bs->opaque;
-    BlockDriverState *l = da->layer[k];
-    unsigned n = s->l2_slice_size, i, lo = n, hi = 0;
-    BDRVQcow2State *ls;
-    uint64_t l2_offset;
-    int ret;
+    unsigned n = s->l2_slice_size, align = DA_L2_READ_ALIGN / sizeof(uint64_t);
+    unsigned i, j;
+    AioTaskPool *pool = NULL;
+    int ret = 0;
 
+    for (j = 1; j < da->depth; j++) {
+        da->span[j].lo = n;
+        da->span[j].hi = 0;
+        da->span[j].stale = false;
+    }
     for (i = 0; i < n; i++) {
         uint64_t e = get_l2_entry(s, l2_slice, i);
 
-        da->want[i] = qcow2_get_cluster_type(bs, e) ==
-                      QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(e) : 0;
-        if (da->want[i] == k) {
-            lo = MIN(lo, i);
-            hi = i + 1;
+        j = qcow2_get_cluster_type(bs, e) == QCOW2_CLUSTER_UNALLOCATED ?
+            qcow2_bi_get(e) : 0;
+        da->want[i] = j;
+        if (j == 0 || j >= da->depth) {
+            continue;
+        }
+        da->span[j].lo = MIN(da->span[j].lo, i);
+        da->span[j].hi = i + 1;
+        if (slice->e[i].type == QCOW2_UC_UNRESOLVED ||
+            slice->e[i].layer != j) {
+            da->span[j].stale = true;
         }
     }
-    assert(lo < hi);
-    if (!qcow2_bi_is_qcow2(l)) {
-        qcow2_uc_correct_raw(da->cache, slice, k, da->want, n);
-        return 0;
-    }
+    assert(da->span[k].stale);
 
-    ls = l->opaque;
-    l2_offset = da_l2_table(ls, slice->first >> ls->l2_bits);
-    if (!l2_offset || offset_into_cluster(ls, l2_offset)) {
-        /* Nothing there: every such entry is read the vanilla way */
-        qcow2_uc_correct(da->cache, slice, k, da->want, NULL, n,
-                         s->cluster_bits);
-        return 0;
+    for (j = 1; j < da->depth && ret == 0; j++) {
+        BlockDriverState *l = da->layer[j];
+        BDRVQcow2State *ls;
+        uint64_t l2_offset;
+        DaCorrectTask *t;
+
+        if (!da->span[j].stale) {
+            continue;
+        }
+        if (!qcow2_bi_is_qcow2(l)) {
+            qcow2_uc_correct_raw(da->cache, slice, j, da->want, n);
+            continue;
+        }
+        ls = l->opaque;
+        l2_offset = da_l2_table(ls, slice->first >> ls->l2_bits);
+        if (!l2_offset || offset_into_cluster(ls, l2_offset)) {
+            /* Nothing there: every such entry is read the vanilla way */
+            qcow2_uc_correct(da->cache, slice, j, da->want, NULL, n,
+                             s->cluster_bits);
+            continue;
+        }
+        if (!pool) {
+            pool = aio_task_pool_new(DA_CORRECT_WORKERS);
+        }
+        t = g_new(DaCorrectTask, 1);
+        *t = (DaCorrectTask) {
+            .task.func = da_correct_task,
+            .bs = bs,
+            .da = da,
+            .slice = slice,
+            .k = j,
+            .lo = QEMU_ALIGN_DOWN(da->span[j].lo, align),
+            .hi = MIN(QEMU_ALIGN_UP(da->span[j].hi, align), n),
+            .l2_offset = l2_offset +
+                         (slice->first & (ls->l2_size - 1)) * sizeof(uint64_t),
+        };
+        aio_task_pool_start_task(pool, &t->task);
+        ret = aio_task_pool_status(pool);
     }
-    l2_offset += (slice->first & (ls->l2_size - 1)) * sizeof(uint64_t);
-    /*
-     * Only the entries from the first to the last that the top's index
-     * gives to layer k are needed: with 64 KiB slices on a long chain a
-     * layer holds a few clusters of a slice, and a full read of the disk
-     * would read an L2 table per layer.  Whole 4 KiB blocks of them, so
-     * that a read with O_DIRECT needs no bounce buffer.
-     */
-    lo = QEMU_ALIGN_DOWN(lo, DA_L2_READ_ALIGN / sizeof(uint64_t));
-    hi = MIN(QEMU_ALIGN_UP(hi, DA_L2_READ_ALIGN / sizeof(uint64_t)), n);
-    trace_qcow2_da_lower_slice_read(bs, k, l2_offset + lo * sizeof(uint64_t),
-                                    (hi - lo) * sizeof(uint64_t));
-    da->cache->stats.lower_slice_reads++;
-    ret = bdrv_co_pread(l->file, l2_offset + lo * sizeof(uint64_t),
-                        (hi - lo) * sizeof(uint64_t), da->l2e + lo, 0);
-    if (ret < 0) {
-        return ret;
+    if (pool) {
+        aio_task_pool_wait_all(pool);
+        ret = aio_task_pool_status(pool);
+        aio_task_pool_free(pool);
     }
-    for (i = lo; i < hi; i++) {
-        da->l2e[i] = be64_to_cpu(da->l2e[i]);
-    }
-    qcow2_uc_correct(da->cache, slice, k, da->want, da->l2e, n,
-                     s->cluster_bits);
-    return 0;
+    return ret;
 }
 
 /* Whether @b continues the run that @a starts, @i clusters further */
