@@ -623,6 +623,10 @@ static bool coroutine_fn da_status_known(BlockDriverState *l)
     if (!qcow2_bi_is_qcow2(l) || l->encrypted) {
         return false;
     }
+    if (ls->metadata_preallocation_checked) {
+        /* Set once per open: no lock on every NBD read */
+        return !ls->metadata_preallocation;
+    }
     qemu_co_mutex_lock(&ls->lock);
     if (!ls->metadata_preallocation_checked) {
         ls->metadata_preallocation = da_detect_preallocation(l) == 1;
