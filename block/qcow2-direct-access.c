@@ -651,6 +651,7 @@ qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
     uint64_t *l2_slice;
     unsigned nb, run, k;
     Qcow2UcEntry e;
+    bool answered = false;
     int ret;
 
     if (!s->bi_enabled || !bs->backing) {
@@ -690,9 +691,11 @@ qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
                 *map = e.host + in_cluster;
                 *file = ls->data_file->bs;
                 nb = ret;
+                answered = true;
             }
         }
-        run = da_index_run(bs, l2_slice, i0, nb, k);
+        /* An answer from the cache already counted its run */
+        run = answered ? nb : da_index_run(bs, l2_slice, i0, nb, k);
         qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
         if (!run || k >= da->depth) {
             *status = 0;
