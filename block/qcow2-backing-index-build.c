@@ -903,6 +903,57 @@ static BlockDriverState *bi_find_writable_node(const char *filename)
 }
 
 /*
+ * Creating a qcow2 image over a backing file with no cluster size given: if
+ * the backing file has a backing index, and the new image is not created
+ * with backing-index=off, it gets the backing file's cluster size, which the
+ * index needs along the chain.  Otherwise a live snapshot of a disk with
+ * other than 64 KiB clusters could not keep the index.  @qdict holds the
+ * creation options under their QAPI names; @filename is the new image's.
+ * Nothing changes when the backing file cannot be read (creation then goes
+ * on as before).
+ */
+void qcow2_bi_default_cluster_size(const char *filename, QDict *qdict)
+{
+    const char *backing = qdict_get_try_str(qdict, "backing-file");
+    const char *index = qdict_get_try_str(qdict, "backing-index");
+    const char *fmt = qdict_get_try_str(qdict, "backing-fmt");
+    g_autofree char *full = NULL;
+    BlockBackend *blk = NULL;
+    BlockDriverState *bs;
+    int cluster_size = 0;
+
+    if (!backing || qdict_haskey(qdict, "cluster-size") ||
+        (index && !strcmp(index, "off")) || strstart(backing, "json:", NULL)) {
+        return;
+    }
+    full = path_combine(filename, backing);
+    bs = bi_find_writable_node(full);
+    if (!bs) {
+        QDict *options = qdict_new();
+
+        if (fmt) {
+            qdict_put_str(options, "driver", fmt);
+        }
+        qdict_put_bool(options, BDRV_OPT_FORCE_SHARE, true);
+        blk = blk_new_open(full, NULL, options,
+                           BDRV_O_NO_BACKING | BDRV_O_NO_IO, NULL);
+        bs = blk ? blk_bs(blk) : NULL;
+    }
+    if (bs && qcow2_bi_is_qcow2(bs) &&
+        ((BDRVQcow2State *)bs->opaque)->bi_enabled) {
+        cluster_size = ((BDRVQcow2State *)bs->opaque)->cluster_size;
+    }
+    blk_unref(blk);
+    if (cluster_size) {
+        /* Creation options are strings here (a keyval visitor reads them) */
+        g_autofree char *value = g_strdup_printf("%d", cluster_size);
+
+        trace_qcow2_bi_default_cluster_size(full, cluster_size);
+        qdict_put_str(qdict, "cluster-size", value);
+    }
+}
+
+/*
  * The last step of creating a qcow2 image on @file_bs: give it its backing
  * index if asked to (@opts->backing_index), or by default if the backing
  * file has one.  The index is computed from the backing chain, opened
@@ -977,7 +1028,14 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         ret = 0;
         goto out;
     }
-    ret = qcow2_bi_check_supported(bs, errp);
+    ret = qcow2_bi_check_supported(bs, explicit ? errp : &local_err);
+    if (ret < 0 && !explicit) {
+        /* By default, a chain the index cannot describe just gets none */
+        warn_reportf_err(local_err, "'%s' gets no backing index: ",
+                         bs->filename);
+        ret = 0;
+        goto out;
+    }
     if (ret < 0) {
         goto out;
     }

@@ -125,6 +125,7 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp);
 int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
                    BdrvCheckMode fix);
 int qcow2_bi_snapshot_attached(BlockDriverState *bs, Error **errp);
+void qcow2_bi_default_cluster_size(const char *filename, QDict *qdict);
 int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     BlockdevCreateOptionsQcow2 *opts,
                                     Error **errp);
