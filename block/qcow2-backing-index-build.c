@@ -17,6 +17,7 @@
 #include "qemu/cutils.h"
 #include "qapi/error.h"
 #include "qapi/qmp/qdict.h"
+#include "qapi/util.h"
 #include "qemu/error-report.h"
 #include "qemu/memalign.h"
 #include "sysemu/block-backend.h"
@@ -921,9 +922,12 @@ void qcow2_bi_default_cluster_size(const char *filename, QDict *qdict)
     BlockBackend *blk = NULL;
     BlockDriverState *bs;
     int cluster_size = 0;
+    bool on = true;
 
+    /* backing-index takes every boolean spelling: off, no, false, n */
     if (!backing || qdict_haskey(qdict, "cluster-size") ||
-        (index && !strcmp(index, "off")) || strstart(backing, "json:", NULL)) {
+        (index && qapi_bool_parse("backing-index", index, &on, NULL) && !on) ||
+        strstart(backing, "json:", NULL)) {
         return;
     }
     full = path_combine(filename, backing);
