@@ -18,8 +18,13 @@ export CCACHE_NOHASHDIR := 1
 .PHONY: all configure check check-unit check-iotests demo bench \
 	patches check-series series-status reset-src clean distclean help
 
+# The build has modules, as Debian's does (TCG and qtest are modules too,
+# which the binaries cannot run without): build every top-level module
+# ninja knows, as listed by the configured build.
+MODULES = $$(ninja -C $(OBJ) -t targets all | sed -n 's/^\([a-z0-9_-]*\.so\):.*/\1/p')
+
 all: configure
-	ninja -C $(OBJ) $(NINJA_TARGETS)
+	ninja -C $(OBJ) $(NINJA_TARGETS) $(MODULES)
 
 # configure is cheap when nothing changed: it re-applies the series only
 # when patches/ changed and re-links our files, so run it every time.
