@@ -15,7 +15,7 @@ export CCACHE_BASEDIR := $(TOP)
 # QEMU compiles with -g; do not hash the build directory into the key.
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all configure check check-unit check-iotests demo bench \
+.PHONY: all configure check check-unit check-iotests demo bench deb \
 	patches check-series series-status reset-src clean distclean help
 
 # The build has modules, as Debian's does (TCG and qtest are modules too,
@@ -46,6 +46,10 @@ demo:
 bench: all
 	$(TOP)/scripts/sqemu/bench $(BENCH_ARGS)
 
+# Debian packages from Debian's source package with the series added
+deb: configure
+	$(TOP)/scripts/sqemu/mkdeb $(DEB_ARGS)
+
 patches:
 	$(TOP)/scripts/sqemu/series export
 
@@ -71,6 +75,7 @@ help:
 	@echo 'make check-iotests the project'"'"'s iotests only'
 	@echo 'make demo          the main job: chain, benchmark, VM boot'
 	@echo 'make bench         scripts/sqemu/bench $$BENCH_ARGS'
+	@echo 'make deb           Debian packages in build/deb (scripts/sqemu/mkdeb)'
 	@echo 'make patches       export build/src commits to patches/'
 	@echo 'make check-series  apply patches/ to upstream, run checkpatch'
 	@echo 'make series-status what build/src holds beyond patches/'
