@@ -31,7 +31,9 @@ all: configure
 configure:
 	@$(TOP)/configure
 
-check:
+# configure first: it installs what the Python scripts need to start
+# (python3 is not on a fresh machine)
+check: configure
 	$(TOP)/scripts/sqemu/run-tests
 
 check-unit: all
@@ -40,7 +42,7 @@ check-unit: all
 check-iotests: all
 	cd $(OBJ)/tests/qemu-iotests && ./check -qcow2 -g sqemu
 
-demo:
+demo: configure
 	$(TOP)/scripts/sqemu/demo
 
 bench: all
