@@ -116,6 +116,21 @@ fail:
 }
 
 /*
+ * Whether the chain below @bs is one an index of @bs can describe (depth,
+ * formats, cluster size, layer sizes), without building anything.
+ */
+int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp)
+{
+    BiChain c;
+    int ret = bi_chain_get(bs, &c, errp);
+
+    if (ret == 0) {
+        bi_chain_free(&c);
+    }
+    return ret;
+}
+
+/*
  * Fill @e[0..n) with the standard L2 entries of qcow2 layer @l for the
  * clusters from @first on (0 where @l has no L2 table).
  */

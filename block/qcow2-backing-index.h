@@ -120,6 +120,7 @@ Qcow2BackingIndexInfo *qcow2_bi_get_info(BlockDriverState *bs);
 
 /* qcow2-backing-index-build.c: computing, writing, stripping, checking */
 int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp);
+int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp);
 int qcow2_bi_build(BlockDriverState *bs, Error **errp);
 int qcow2_bi_strip(BlockDriverState *bs, Error **errp);
 int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
@@ -129,5 +130,10 @@ void qcow2_bi_default_cluster_size(const char *filename, QDict *qdict);
 int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     BlockdevCreateOptionsQcow2 *opts,
                                     Error **errp);
+
+/* qcow2-backing-index-convert.c: indexing a whole chain */
+int qcow2_bi_convert_chain(BlockDriverState *bs,
+                           BlockDriverAmendStatusCB *status_cb,
+                           void *cb_opaque, Error **errp);
 
 #endif
