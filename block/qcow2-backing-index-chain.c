@@ -244,52 +244,204 @@ char *qcow2_bi_chain_check(BlockDriverState *bs)
 }
 
 /*
- * For a node opened without its backing chain (qemu-img info): open its
- * parent alone, read-only and sharing it with any writer, and judge the
- * link between the two.  Every layer of a chain passing this (qemu-img
- * info --backing-chain) is the same as the chain validating, and costs
- * one open per layer instead of a whole chain per layer.
+ * For nodes opened without their backing chain (qemu-img info, and each
+ * layer of qemu-img info --backing-chain): what is known, per file, of
+ * whether the chain from that file down validates.  An entry is used only
+ * while the file's identity, size and modification time are unchanged.
  */
-static char *bi_link_check_detached(BlockDriverState *bs)
-{
-    g_autofree char *backing = NULL;
-    Qcow2BiLayer layer, parent_layer;
-    BlockDriverState *parent;
-    Error *local_err = NULL;
-    QDict *options;
-    char *reason;
+typedef struct BiDetachedMemo {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    Qcow2BiLayer layer;     /* the file as a layer; strings owned */
+    unsigned length;        /* layers from it down; 0: not known */
+    char *reason;           /* NULL: its chain validates */
+} BiDetachedMemo;
 
-    backing = bdrv_get_full_backing_filename(bs, &local_err);
-    if (!backing) {
-        reason = g_strdup_printf("the backing file could not be opened: %s",
-                                 error_get_pretty(local_err));
-        error_free(local_err);
-        return reason;
+static GHashTable *bi_detached_memo;   /* file name -> BiDetachedMemo */
+
+static void bi_detached_memo_free(gpointer p)
+{
+    BiDetachedMemo *m = p;
+
+    g_free((char *)m->layer.name);
+    g_free((char *)m->layer.driver);
+    g_free((char *)m->layer.ext_error);
+    g_free(m->reason);
+    g_free(m);
+}
+
+static bool bi_stat(const char *filename, struct stat *st)
+{
+    return stat(filename, st) == 0 && S_ISREG(st->st_mode);
+}
+
+static BiDetachedMemo *bi_detached_memo_get(const char *filename)
+{
+    BiDetachedMemo *m;
+    struct stat st;
+
+    if (!bi_detached_memo || !bi_stat(filename, &st)) {
+        return NULL;
     }
-    options = qdict_new();
-    if (bs->backing_format[0]) {
-        qdict_put_str(options, "driver", bs->backing_format);
+    m = g_hash_table_lookup(bi_detached_memo, filename);
+    if (!m || m->dev != st.st_dev || m->ino != st.st_ino ||
+        m->size != st.st_size || m->mtime.tv_sec != st.st_mtim.tv_sec ||
+        m->mtime.tv_nsec != st.st_mtim.tv_nsec) {
+        return NULL;
     }
-    qdict_put_bool(options, BDRV_OPT_FORCE_SHARE, true);
-    parent = bdrv_open(backing, NULL, options,
-                       BDRV_O_NO_IO | BDRV_O_NO_BACKING, &local_err);
-    if (!parent) {
-        reason = g_strdup_printf("the backing file could not be opened: %s",
-                                 error_get_pretty(local_err));
-        error_free(local_err);
-        return reason;
+    return m;
+}
+
+static void bi_detached_memo_put(const char *filename,
+                                 const Qcow2BiLayer *layer, unsigned length,
+                                 const char *reason)
+{
+    BiDetachedMemo *m;
+    struct stat st;
+
+    if (!bi_stat(filename, &st)) {
+        return;
     }
-    bi_describe_layer(bs, &layer);
-    bi_describe_layer(parent, &parent_layer);
-    if (!parent_layer.is_qcow2 && parent->backing_file[0]) {
-        reason = g_strdup_printf("layer '%s' is a '%s' node; only the base "
-                                 "may be other than qcow2", parent->filename,
-                                 parent_layer.driver);
-    } else {
-        reason = qcow2_bi_link_invalid_reason(&layer, &parent_layer);
+    if (!bi_detached_memo) {
+        bi_detached_memo = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                                 g_free,
+                                                 bi_detached_memo_free);
     }
-    trace_qcow2_bi_validate(bs, 2, reason ? reason : "valid link");
-    bdrv_unref(parent);
+    m = g_new0(BiDetachedMemo, 1);
+    m->dev = st.st_dev;
+    m->ino = st.st_ino;
+    m->size = st.st_size;
+    m->mtime = st.st_mtim;
+    m->layer = *layer;
+    m->layer.name = g_strdup(layer->name);
+    m->layer.driver = g_strdup(layer->driver);
+    m->layer.ext_error = g_strdup(layer->ext_error);
+    m->length = length;
+    m->reason = g_strdup(reason);
+    g_hash_table_replace(bi_detached_memo, g_strdup(filename), m);
+}
+
+/* One layer met on the way down */
+typedef struct BiDetachedStep {
+    BlockDriverState *bs;       /* opened here (NULL for the first) */
+    char *filename;             /* as its overlay names it */
+    Qcow2BiLayer layer;
+} BiDetachedStep;
+
+/*
+ * For a node opened without its backing chain (qemu-img info): whether the
+ * chain its header names validates, judged layer by layer, each layer
+ * below opened alone (read-only, sharing it with any writer): a chain
+ * validates if and only if every layer is valid at its depth and passes
+ * with its parent (qcow2_bi_layer_invalid_reason,
+ * qcow2_bi_link_invalid_reason).  Opening the chain once per layer would
+ * cost a whole chain per layer of qemu-img info --backing-chain; this
+ * opens each layer once and remembers the answer per file.  Returns NULL
+ * if the chain from @bs down validates, else why not (g_free it).
+ */
+static char *bi_chain_check_detached(BlockDriverState *bs)
+{
+    g_autoptr(GArray) steps = g_array_new(false, true,
+                                          sizeof(BiDetachedStep));
+    BiDetachedStep first = { .filename = g_strdup(bs->filename) };
+    BiDetachedMemo *memo = NULL;
+    char *stop_reason = NULL;   /* why the walk could not go on */
+    bool at_base = false;
+    char *reason = NULL;
+    unsigned n, i;
+
+    bi_describe_layer(bs, &first.layer);
+    g_array_append_val(steps, first);
+
+    while (!memo && !at_base && !stop_reason) {
+        BiDetachedStep *cur = &g_array_index(steps, BiDetachedStep,
+                                             steps->len - 1);
+        BlockDriverState *cur_bs = cur->bs ? cur->bs : bs;
+        g_autofree char *backing = NULL;
+        BiDetachedStep next = { NULL };
+        Error *local_err = NULL;
+        QDict *options;
+
+        if (steps->len > QCOW2_BI_MAX_DEPTH) {
+            stop_reason = qcow2_bi_chain_invalid_reason(
+                NULL, QCOW2_BI_MAX_DEPTH + 1);
+            break;
+        }
+        if (!cur_bs->backing_file[0]) {
+            at_base = true;
+            break;
+        }
+        backing = bdrv_get_full_backing_filename(cur_bs, &local_err);
+        if (backing) {
+            memo = bi_detached_memo_get(backing);
+            if (memo) {
+                break;
+            }
+            options = qdict_new();
+            if (cur_bs->backing_format[0]) {
+                qdict_put_str(options, "driver", cur_bs->backing_format);
+            }
+            qdict_put_bool(options, BDRV_OPT_FORCE_SHARE, true);
+            next.bs = bdrv_open(backing, NULL, options,
+                                BDRV_O_NO_IO | BDRV_O_NO_BACKING, &local_err);
+        }
+        if (!next.bs) {
+            stop_reason = g_strdup_printf(
+                "the backing file of '%s' could not be opened: %s",
+                cur_bs->filename, error_get_pretty(local_err));
+            error_free(local_err);
+            break;
+        }
+        next.filename = g_steal_pointer(&backing);
+        bi_describe_layer(next.bs, &next.layer);
+        g_array_append_val(steps, next);
+    }
+
+    /*
+     * From the bottom up: a chain validates if its top layer is valid at
+     * its depth, passes with its parent, and the chain below validates.
+     * Where the walk stopped early, the depths are not known.
+     */
+    n = at_base ? steps->len : memo && memo->length ?
+        steps->len + memo->length : 0;
+    reason = stop_reason ? stop_reason : memo ? g_strdup(memo->reason) : NULL;
+    for (i = steps->len; i-- > 0;) {
+        BiDetachedStep *st = &g_array_index(steps, BiDetachedStep, i);
+        const Qcow2BiLayer *parent =
+            i + 1 < steps->len ?
+            &g_array_index(steps, BiDetachedStep, i + 1).layer :
+            memo ? &memo->layer : NULL;
+
+        if (!reason) {
+            bool base = at_base && i == steps->len - 1;
+
+            reason = n ? qcow2_bi_layer_invalid_reason(&st->layer, n - i,
+                                                       base && i > 0) : NULL;
+            if (!reason && parent) {
+                reason = qcow2_bi_link_invalid_reason(&st->layer, parent);
+            } else if (!reason && st->layer.is_qcow2) {
+                reason = qcow2_bi_link_invalid_reason(&st->layer, NULL);
+            }
+        }
+        if (i > 0) {
+            /* the first is @bs itself: the caller's, maybe being written */
+            bi_detached_memo_put(st->filename, &st->layer, n ? n - i : 0,
+                                 reason);
+        }
+        trace_qcow2_bi_validate(st->bs ? st->bs : bs, n ? n - i : 0,
+                                reason ? reason : "valid (detached)");
+    }
+    /* Only now: each layer's description points into its node */
+    for (i = 0; i < steps->len; i++) {
+        BiDetachedStep *st = &g_array_index(steps, BiDetachedStep, i);
+
+        if (st->bs) {
+            bdrv_unref(st->bs);
+        }
+        g_free(st->filename);
+    }
     return reason;
 }
 
@@ -318,13 +470,16 @@ Qcow2BackingIndexInfo *qcow2_bi_get_info(BlockDriverState *bs)
                           "QEMU without it, a rebase, a commit)" :
                           "not built yet");
     }
-    if (!reason && bs->backing_file[0] && !bs->backing) {
-        /* qemu-img info: judge the link to the parent alone */
-        reason = bi_link_check_detached(bs);
-    }
     info->valid = !reason;
-    if (!bs->backing_file[0] || bs->backing) {
-        char *chain_reason = qcow2_bi_chain_check(bs);
+    {
+        /*
+         * Whether the chain validates: the one in the graph, or for an
+         * image opened without it (qemu-img info), the chain its header
+         * names, layer by layer
+         */
+        char *chain_reason = bs->backing_file[0] && !bs->backing ?
+                             bi_chain_check_detached(bs) :
+                             qcow2_bi_chain_check(bs);
 
         info->has_chain_valid = true;
         info->chain_valid = !chain_reason;

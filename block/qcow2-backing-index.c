@@ -91,6 +91,45 @@ static bool bi_id_is_zero(const uint8_t *id)
 }
 
 /*
+ * What layer @l says of itself, as the layer at @depth of a chain: NULL if
+ * that may be used, else why not (g_free it).  @may_be_other: @l is the
+ * base of a chain of more than one layer, which may be another format.
+ */
+char *qcow2_bi_layer_invalid_reason(const Qcow2BiLayer *l, unsigned depth,
+                                    bool may_be_other)
+{
+    if (!l->is_qcow2) {
+        if (may_be_other) {
+            return NULL;    /* a non-qcow2 base carries no index */
+        }
+        return g_strdup_printf("layer '%s' at depth %u is a '%s' node; "
+                               "only the base may be other than qcow2",
+                               l->name, depth, l->driver);
+    }
+    if (!l->has_ext) {
+        return g_strdup_printf("layer '%s' at depth %u has no backing "
+                               "index (index a chain from the base up)",
+                               l->name, depth);
+    }
+    if (l->ext_error) {
+        return g_strdup_printf("layer '%s' at depth %u: %s", l->name,
+                               depth, l->ext_error);
+    }
+    if (!l->valid_bit) {
+        return g_strdup_printf("layer '%s' at depth %u: the valid bit is "
+                               "clear (index not built, or the image was "
+                               "changed in a way that does not keep it)",
+                               l->name, depth);
+    }
+    if (l->ext.depth != depth) {
+        return g_strdup_printf("layer '%s' was indexed at depth %u but is "
+                               "at depth %u in this chain", l->name,
+                               l->ext.depth, depth);
+    }
+    return NULL;
+}
+
+/*
  * The validation rules: the index of the chain @layers (top first, base
  * last, @n layers) may be used only if every layer is a qcow2 image with a
  * readable extension and the valid bit, records the depth it has in this
@@ -113,36 +152,11 @@ char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n)
     }
     /* First what each layer says of itself, from the base up */
     for (i = n; i-- > 0;) {
-        const Qcow2BiLayer *l = &layers[i];
-        unsigned depth = n - i;
+        char *reason = qcow2_bi_layer_invalid_reason(&layers[i], n - i,
+                                                     i == n - 1 && i > 0);
 
-        if (!l->is_qcow2) {
-            if (i == n - 1 && i > 0) {
-                continue;   /* a non-qcow2 base carries no index */
-            }
-            return g_strdup_printf("layer '%s' at depth %u is a '%s' node; "
-                                   "only the base may be other than qcow2",
-                                   l->name, depth, l->driver);
-        }
-        if (!l->has_ext) {
-            return g_strdup_printf("layer '%s' at depth %u has no backing "
-                                   "index (index a chain from the base up)",
-                                   l->name, depth);
-        }
-        if (l->ext_error) {
-            return g_strdup_printf("layer '%s' at depth %u: %s", l->name,
-                                   depth, l->ext_error);
-        }
-        if (!l->valid_bit) {
-            return g_strdup_printf("layer '%s' at depth %u: the valid bit is "
-                                   "clear (index not built, or the image was "
-                                   "changed in a way that does not keep it)",
-                                   l->name, depth);
-        }
-        if (l->ext.depth != depth) {
-            return g_strdup_printf("layer '%s' was indexed at depth %u but is "
-                                   "at depth %u in this chain", l->name,
-                                   l->ext.depth, depth);
+        if (reason) {
+            return reason;
         }
     }
     /* Then whether each was indexed over the parent it has now */

@@ -96,6 +96,8 @@ typedef struct Qcow2BiLayer {
     uint64_t size;              /* virtual size in bytes */
 } Qcow2BiLayer;
 
+char *qcow2_bi_layer_invalid_reason(const Qcow2BiLayer *l, unsigned depth,
+                                    bool may_be_other);
 char *qcow2_bi_chain_invalid_reason(const Qcow2BiLayer *layers, unsigned n);
 char *qcow2_bi_link_invalid_reason(const Qcow2BiLayer *layer,
                                    const Qcow2BiLayer *parent);

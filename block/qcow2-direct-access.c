@@ -724,16 +724,29 @@ static Qcow2BackingIndexStats *da_get_stats(BlockDriverState *bs)
     st = g_new0(Qcow2BackingIndexStats, 1);
     st->cache_size = qcow2_da_cache_size(bs);
     da = s->bi_da;
-    if (!da) {
-        st->has_reason = true;
-        st->reason = g_strdup("no read of the backing chain yet");
-        return st;
+    if (!da || !da->built ||
+        da->graph_gen != qatomic_read(&bdrv_graph_generation) ||
+        da->bi_gen != qatomic_read(&qcow2_bi_generation)) {
+        /*
+         * No read since the chain or an index changed (or none yet): say
+         * what the next read will find, not what the last one did
+         */
+        char *reason = qcow2_bi_chain_check(bs);
+
+        st->direct_access = !reason;
+        st->depth = reason ? 0 : s->bi_ext.depth;
+        st->has_reason = !!reason;
+        st->reason = reason;
+    } else {
+        st->direct_access = da->depth;
+        st->depth = da->depth;
+        if (da->reason) {
+            st->has_reason = true;
+            st->reason = g_strdup(da->reason);
+        }
     }
-    st->direct_access = da->built && da->depth;
-    st->depth = da->depth;
-    if (da->reason) {
-        st->has_reason = true;
-        st->reason = g_strdup(da->reason);
+    if (!da) {
+        return st;
     }
     st->validations = da->validations;
     st->direct_reads = da->direct_reads;
