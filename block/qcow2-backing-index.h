@@ -133,6 +133,11 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     BlockdevCreateOptionsQcow2 *opts,
                                     Error **errp);
 
+/* qcow2-backing-index-rebase.c: when the backing file changes */
+bool qcow2_bi_backing_follows_graph(BlockDriverState *bs,
+                                    const char *backing_file);
+void qcow2_bi_backing_changed(BlockDriverState *bs);
+
 /* qcow2-backing-index-convert.c: indexing a whole chain */
 int qcow2_bi_convert_chain(BlockDriverState *bs,
                            BlockDriverAmendStatusCB *status_cb,

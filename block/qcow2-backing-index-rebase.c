@@ -1,0 +1,102 @@
+/*
+ * sQemu: keeping the backing index of a layer whose backing file changes
+ *
+ * Copyright (c) 2026 The sQemu authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * block-stream, block-commit of the layers below an image, a rebase and
+ * change-backing-file all end by writing a new backing file name into the
+ * image's header.  The index was computed for the old chain, so writing
+ * the name clears the valid bit.  Where the new backing file is the node
+ * the image already has below it in the graph (stream and commit set it
+ * there first) and that node's own chain validates, the image's index is
+ * computed again at once, over the new chain: its parent is trusted, so
+ * that is an L2 copy, one pass over the image's and its parent's L2
+ * tables, and reads stay direct.  Otherwise (a rebase that only rewrites
+ * the header, a parent without a valid index) the bit stays clear and the
+ * chain is read the vanilla way until the index is rebuilt.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qcow2.h"
+#include "qcow2-backing-index.h"
+#include "trace.h"
+
+/* The canonical path of @filename, or NULL if it is not a local file */
+static char *bi_local_path(const char *filename)
+{
+    struct stat st;
+
+    if (!filename || !filename[0] || path_has_protocol(filename) ||
+        stat(filename, &st) < 0) {
+        return NULL;
+    }
+    return realpath(filename, NULL);
+}
+
+/*
+ * Whether @backing_file, the name @bs's header is about to record, names
+ * the node @bs has as its backing file in the graph (NULL, for no backing
+ * file, names none).  Only then is an index computed over the graph the
+ * index of the chain the header describes.
+ */
+bool qcow2_bi_backing_follows_graph(BlockDriverState *bs,
+                                    const char *backing_file)
+{
+    BlockDriverState *below = qcow2_bi_next_layer(bs);
+    g_autofree char *named = NULL;
+    g_autofree char *named_path = NULL;
+    g_autofree char *graph_path = NULL;
+
+    if (!backing_file || !backing_file[0]) {
+        return !below && !(bs->open_flags & BDRV_O_NO_BACKING);
+    }
+    if (!below) {
+        return false;
+    }
+    /* Relative names are relative to @bs's own file */
+    named = bdrv_get_full_backing_filename_from_filename(bs->filename,
+                                                         backing_file,
+                                                         NULL);
+    named_path = bi_local_path(named ? named : backing_file);
+    graph_path = bi_local_path(below->filename);
+    return named_path && graph_path && !strcmp(named_path, graph_path);
+}
+
+/*
+ * @bs's header now names the backing file it has in the graph (see
+ * qcow2_bi_backing_follows_graph), and its valid bit is clear.  If the
+ * new chain below validates, compute the index over it now.  Failing that
+ * leaves the index unused, which is always correct.
+ */
+void qcow2_bi_backing_changed(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    BlockDriverState *below = qcow2_bi_next_layer(bs);
+    g_autofree char *reason = NULL;
+    Error *local_err = NULL;
+
+    if (!s->bi_enabled || s->bi_ext_error || !bdrv_is_writable(bs)) {
+        return;
+    }
+    if (below) {
+        reason = qcow2_bi_is_qcow2(below) || qcow2_bi_next_layer(below) ?
+                 qcow2_bi_chain_check(below) : NULL;
+        if (reason) {
+            trace_qcow2_bi_backing_changed(bs, 0, reason);
+            return;
+        }
+    }
+    if (qcow2_bi_build(bs, &local_err) < 0) {
+        warn_report("%s: the backing index was not rebuilt over the new "
+                    "backing file, reads of the chain go layer by layer: %s",
+                    bs->filename, error_get_pretty(local_err));
+        error_free(local_err);
+        return;
+    }
+    trace_qcow2_bi_backing_changed(bs, s->bi_ext.depth, "rebuilt");
+}
