@@ -655,9 +655,26 @@ int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp)
                    "file");
         return -ENOTSUP;
     }
-    if (s->nb_snapshots) {
-        error_setg(errp, "backing-index cannot be turned on or off on an "
-                   "image with internal snapshots");
+    return 0;
+}
+
+/*
+ * Whether the index can be stripped from @bs: an internal snapshot's L2
+ * tables would keep their index bits (writing the active tables copies the
+ * ones a snapshot shares), so stock QEMU's check would still report them.
+ * Turning the index on is fine with snapshots: the active tables are
+ * copied before they change, and applying a snapshot computes the index
+ * again.
+ */
+int qcow2_bi_check_strippable(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (s->nb_snapshots &&
+        (s->bi_enabled ||
+         (s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX))) {
+        error_setg(errp, "backing-index=off cannot be used on an image with "
+                   "internal snapshots: their L2 tables keep the index");
         error_append_hint(errp, "Delete them with 'qemu-img snapshot -d' "
                           "first.\n");
         return -ENOTSUP;
@@ -751,8 +768,9 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
         !(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
         return 0;
     }
-    if (s->nb_snapshots) {
-        return qcow2_bi_check_supported(bs, errp);
+    ret = qcow2_bi_check_strippable(bs, errp);
+    if (ret < 0) {
+        return ret;
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     ret = bi_write_header(bs, errp);

@@ -123,6 +123,7 @@ Qcow2BackingIndexInfo *qcow2_bi_get_info(BlockDriverState *bs);
 /* qcow2-backing-index-build.c: computing, writing, stripping, checking */
 int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp);
 int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp);
+int qcow2_bi_check_strippable(BlockDriverState *bs, Error **errp);
 int qcow2_bi_build(BlockDriverState *bs, Error **errp);
 int qcow2_bi_strip(BlockDriverState *bs, Error **errp);
 int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
@@ -133,10 +134,10 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
                                     BlockdevCreateOptionsQcow2 *opts,
                                     Error **errp);
 
-/* qcow2-backing-index-rebase.c: when the backing file changes */
+/* qcow2-backing-index-reindex.c: when the chain or the content changes */
 bool qcow2_bi_backing_follows_graph(BlockDriverState *bs,
                                     const char *backing_file);
-void qcow2_bi_backing_changed(BlockDriverState *bs);
+void qcow2_bi_reindex(BlockDriverState *bs, const char *why);
 
 /* qcow2-backing-index-convert.c: indexing a whole chain */
 int qcow2_bi_convert_chain(BlockDriverState *bs,

@@ -1,5 +1,6 @@
 /*
- * sQemu: keeping the backing index of a layer whose backing file changes
+ * sQemu: computing a layer's backing index again when its chain or its
+ * content changes under it
  *
  * Copyright (c) 2026 The sQemu authors
  *
@@ -16,6 +17,11 @@
  * tables, and reads stay direct.  Otherwise (a rebase that only rewrites
  * the header, a parent without a valid index) the bit stays clear and the
  * chain is read the vanilla way until the index is rebuilt.
+ *
+ * Applying an internal snapshot (qemu-img snapshot -a, loadvm) replaces
+ * the image's L1 table with the snapshot's, whose L2 tables carry the
+ * index of the time the snapshot was taken: the same, over the chain that
+ * is open.
  */
 
 #include "qemu/osdep.h"
@@ -68,35 +74,37 @@ bool qcow2_bi_backing_follows_graph(BlockDriverState *bs,
 }
 
 /*
- * @bs's header now names the backing file it has in the graph (see
- * qcow2_bi_backing_follows_graph), and its valid bit is clear.  If the
- * new chain below validates, compute the index over it now.  Failing that
- * leaves the index unused, which is always correct.
+ * @bs's index is not valid any more (@why), and its header names the chain
+ * it has in the graph.  If that chain validates below @bs, compute the
+ * index over it now.  Failing that (or when the chain is not open, as
+ * for an image opened without it) leaves the index unused, which is
+ * always correct; "qemu-img amend -o backing-index=on" rebuilds it.
  */
-void qcow2_bi_backing_changed(BlockDriverState *bs)
+void qcow2_bi_reindex(BlockDriverState *bs, const char *why)
 {
     BDRVQcow2State *s = bs->opaque;
     BlockDriverState *below = qcow2_bi_next_layer(bs);
     g_autofree char *reason = NULL;
     Error *local_err = NULL;
 
-    if (!s->bi_enabled || s->bi_ext_error || !bdrv_is_writable(bs)) {
-        return;
+    if (!s->bi_enabled || s->bi_ext_error || !bdrv_is_writable(bs) ||
+        (bs->backing_file[0] && !below)) {
+        return;     /* qemu-img without the chain: amend rebuilds it */
     }
     if (below) {
         reason = qcow2_bi_is_qcow2(below) || qcow2_bi_next_layer(below) ?
                  qcow2_bi_chain_check(below) : NULL;
         if (reason) {
-            trace_qcow2_bi_backing_changed(bs, 0, reason);
+            trace_qcow2_bi_reindex(bs, why, 0, reason);
             return;
         }
     }
     if (qcow2_bi_build(bs, &local_err) < 0) {
-        warn_report("%s: the backing index was not rebuilt over the new "
-                    "backing file, reads of the chain go layer by layer: %s",
-                    bs->filename, error_get_pretty(local_err));
+        warn_report("%s: the backing index was not computed again (%s), "
+                    "reads of the chain go layer by layer: %s", bs->filename,
+                    why, error_get_pretty(local_err));
         error_free(local_err);
         return;
     }
-    trace_qcow2_bi_backing_changed(bs, s->bi_ext.depth, "rebuilt");
+    trace_qcow2_bi_reindex(bs, why, s->bi_ext.depth, "rebuilt");
 }
