@@ -86,6 +86,7 @@ void qcow2_bi_reindex(BlockDriverState *bs, const char *why)
     BlockDriverState *below = qcow2_bi_next_layer(bs);
     g_autofree char *reason = NULL;
     Error *local_err = NULL;
+    int ret;
 
     if (!s->bi_enabled || s->bi_ext_error || !bdrv_is_writable(bs) ||
         (bs->backing_file[0] && !below)) {
@@ -99,7 +100,15 @@ void qcow2_bi_reindex(BlockDriverState *bs, const char *why)
             return;
         }
     }
-    if (qcow2_bi_build(bs, &local_err) < 0) {
+    /*
+     * Not every caller has the node drained (QMP change-backing-file does
+     * not): guest requests must not touch the tables while they are
+     * rewritten
+     */
+    bdrv_drained_begin(bs);
+    ret = qcow2_bi_build(bs, &local_err);
+    bdrv_drained_end(bs);
+    if (ret < 0) {
         warn_report("%s: the backing index was not computed again (%s), "
                     "reads of the chain go layer by layer: %s", bs->filename,
                     why, error_get_pretty(local_err));
