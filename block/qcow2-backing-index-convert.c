@@ -41,20 +41,14 @@
 
 /*
  * Refuse, before anything is written, what indexing layer @l at @depth
- * would refuse halfway.
+ * would refuse halfway.  (qcow2_bi_chain_supported has refused layers of
+ * other formats already: only a raw base, never written, may be one.)
  */
 static int bi_convert_check_layer(BlockDriverState *l, unsigned depth,
                                   Error **errp)
 {
     Error *local_err = NULL;
 
-    if (!qcow2_bi_is_qcow2(l)) {
-        error_setg(errp, "Layer '%s' at depth %u is a '%s' node; the backing "
-                   "index needs qcow2 layers over an optional raw base",
-                   l->filename, depth,
-                   l->drv ? l->drv->format_name : "(no medium)");
-        return -ENOTSUP;
-    }
     if (!l->exact_filename[0] || strstart(l->filename, "json:", NULL)) {
         error_setg(errp, "Layer '%s' at depth %u is not a plain image file "
                    "name, so it cannot be reopened for writing by name",
