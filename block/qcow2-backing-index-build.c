@@ -10,7 +10,10 @@
  * range at a time: when the parent's own index validates, the parent's
  * entries alone give the answer (an L2 copy); otherwise the chain is walked
  * down, layer by layer, until every cluster of the range is resolved.  The
- * caller must keep the chain quiescent (drained, or not in use).
+ * caller must keep the chain quiescent (drained, or not in use), except
+ * for the online build (x-blockdev-amend), which takes each layer's lock
+ * for each L2 slice it reads or writes, so that guest requests run in
+ * between.
  */
 
 #include "qemu/osdep.h"
@@ -31,6 +34,10 @@ typedef struct BiChain {
     BlockDriverState **layer;   /* layer[0] = top, layer[n - 1] = base */
     unsigned n;
     bool parent_trusted;        /* layer[1]'s own index validates */
+    /* The online build: each layer's lock is taken per L2 slice */
+    bool online;
+    Qcow2BiSliceDone *slice_done;   /* called after every slice, if set */
+    void *opaque;
 } BiChain;
 
 static void bi_chain_free(BiChain *c)
@@ -130,12 +137,9 @@ int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp)
     return ret;
 }
 
-/*
- * Fill @e[0..n) with the standard L2 entries of qcow2 layer @l for the
- * clusters from @first on (0 where @l has no L2 table).
- */
-static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
-                           uint64_t *e, Error **errp)
+/* bi_read_entries with @l's lock held, or @l not in use */
+static int bi_read_entries_locked(BlockDriverState *l, uint64_t first,
+                                  unsigned n, uint64_t *e, Error **errp)
 {
     BDRVQcow2State *ls = l->opaque;
     unsigned i = 0, k;
@@ -182,6 +186,26 @@ static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
     return 0;
 }
 
+/*
+ * Fill @e[0..n) with the standard L2 entries of qcow2 layer @l for the
+ * clusters from @first on (0 where @l has no L2 table).  With @lock (in
+ * coroutine context), under @l's lock, which its guest requests take too.
+ */
+static int bi_read_entries(BlockDriverState *l, uint64_t first, unsigned n,
+                           uint64_t *e, bool lock, Error **errp)
+{
+    BDRVQcow2State *ls = l->opaque;
+    int ret;
+
+    if (!lock) {
+        return bi_read_entries_locked(l, first, n, e, errp);
+    }
+    qemu_co_mutex_lock(&ls->lock);
+    ret = bi_read_entries_locked(l, first, n, e, errp);
+    qemu_co_mutex_unlock(&ls->lock);
+    return ret;
+}
+
 /* A depth not resolved yet; no layer can have it */
 #define BI_UNRESOLVED UINT16_MAX
 
@@ -211,7 +235,7 @@ static int bi_resolve(BiChain *c, uint64_t first, unsigned n,
         bool raw = !qcow2_bi_is_qcow2(l);
 
         if (!raw) {
-            ret = bi_read_entries(l, first, n, scratch, errp);
+            ret = bi_read_entries(l, first, n, scratch, c->online, errp);
             if (ret < 0) {
                 return ret;
             }
@@ -309,10 +333,10 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
             any |= depth[i] != QCOW2_BI_NONE;
         }
         if (!has_l2 && !any) {
-            continue;
+            goto next;
         }
         if (has_l2) {
-            ret = bi_read_entries(bs, first, n, own, errp);
+            ret = bi_read_entries(bs, first, n, own, c->online, errp);
             if (ret < 0) {
                 return ret;
             }
@@ -345,13 +369,24 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
             }
         }
         if (!change || mode == BI_COMPARE) {
-            continue;
+            goto next;
         }
 
+        /*
+         * Online, guest requests may have changed the slice since it was
+         * read: each entry's index is set from its current value, under
+         * the lock (a cluster the guest allocated meanwhile keeps index 0)
+         */
+        if (c->online) {
+            qemu_co_mutex_lock(&s->lock);
+        }
         /* Allocates the L2 table, or copies a shared one, as writes do */
         ret = qcow2_get_cluster_table(bs, first << s->cluster_bits,
                                       &l2_slice, &l2_index);
         if (ret < 0) {
+            if (c->online) {
+                qemu_co_mutex_unlock(&s->lock);
+            }
             error_setg_errno(errp, -ret, "Could not get an L2 table of '%s' "
                              "for writing", bs->filename);
             return ret;
@@ -368,7 +403,19 @@ static int bi_walk(BiChain *c, BiWalkMode mode, BiWalkStats *st,
         }
         qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_slice);
         qcow2_cache_put(s->l2_table_cache, (void **)&l2_slice);
+        if (c->online) {
+            qemu_co_mutex_unlock(&s->lock);
+        }
         st->slices_written++;
+next:
+        if (c->slice_done) {
+            /* The L2 bytes read (own and parent's) and written */
+            ret = c->slice_done(c->opaque, (uint64_t)n * sizeof(uint64_t) *
+                                (2 + change), errp);
+            if (ret < 0) {
+                return ret;
+            }
+        }
     }
     return 0;
 }
@@ -395,6 +442,64 @@ static int bi_flush_l2(BlockDriverState *bs, Error **errp)
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
                          bs->filename);
+    }
+    return ret;
+}
+
+/* What the index of @bs needs of @bs and of its chain, gathered in @c */
+static int bi_prepare(BlockDriverState *bs, BiChain *c, Error **errp)
+{
+    int ret = qcow2_bi_check_supported(bs, errp);
+
+    return ret < 0 ? ret : bi_chain_get(bs, c, errp);
+}
+
+/*
+ * Start (re)building the index of @bs: the extension present, a layer
+ * identity, and the valid bit clear on disk while entries change (a crash
+ * leaves an unused index)
+ */
+static int bi_begin(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!s->bi_enabled) {
+        s->bi_enabled = true;
+        memset(&s->bi_ext, 0, sizeof(s->bi_ext));
+    }
+    if (buffer_is_zero(s->bi_ext.layer_id, QCOW2_BI_ID_SIZE)) {
+        qcow2_bi_new_layer_id(bs);
+    }
+    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
+    return bi_write_header(bs, errp);
+}
+
+/*
+ * The entries of @c's top are on disk: record the chain they were computed
+ * from in the extension and set the valid bit
+ */
+static int bi_finish(BiChain *c, Error **errp)
+{
+    BlockDriverState *bs = c->top;
+    BDRVQcow2State *s = bs->opaque;
+    BlockDriverState *parent = c->n > 1 ? c->layer[1] : NULL;
+    int ret;
+
+    s->bi_ext.depth = c->n;
+    memset(s->bi_ext.parent_id, 0, QCOW2_BI_ID_SIZE);
+    s->bi_ext.parent_size = parent ? qcow2_bi_layer_size(parent) : 0;
+    if (parent && qcow2_bi_is_qcow2(parent)) {
+        BDRVQcow2State *ps = parent->opaque;
+
+        if (ps->bi_enabled && !ps->bi_ext_error) {
+            memcpy(s->bi_ext.parent_id, ps->bi_ext.layer_id,
+                   QCOW2_BI_ID_SIZE);
+        }
+    }
+    s->autoclear_features |= QCOW2_AUTOCLEAR_BACKING_INDEX;
+    ret = bi_write_header(bs, errp);
+    if (ret < 0) {
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     }
     return ret;
 }
@@ -692,28 +797,15 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
     BDRVQcow2State *s = bs->opaque;
     BiChain c;
     BiWalkStats st;
-    BlockDriverState *parent;
     int ret;
 
-    ret = qcow2_bi_check_supported(bs, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = bi_chain_get(bs, &c, errp);
+    ret = bi_prepare(bs, &c, errp);
     if (ret < 0) {
         return ret;
     }
 
     /* Not valid while entries change: a crash leaves an unused index */
-    if (!s->bi_enabled) {
-        s->bi_enabled = true;
-        memset(&s->bi_ext, 0, sizeof(s->bi_ext));
-    }
-    if (buffer_is_zero(s->bi_ext.layer_id, QCOW2_BI_ID_SIZE)) {
-        qcow2_bi_new_layer_id(bs);
-    }
-    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = bi_write_header(bs, errp);
+    ret = bi_begin(bs, errp);
     if (ret < 0) {
         goto out;
     }
@@ -731,26 +823,108 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         goto out;
     }
 
-    parent = c.n > 1 ? c.layer[1] : NULL;
-    s->bi_ext.depth = c.n;
-    memset(s->bi_ext.parent_id, 0, QCOW2_BI_ID_SIZE);
-    s->bi_ext.parent_size = parent ? qcow2_bi_layer_size(parent) : 0;
-    if (parent && qcow2_bi_is_qcow2(parent)) {
-        BDRVQcow2State *ps = parent->opaque;
-
-        if (ps->bi_enabled && !ps->bi_ext_error) {
-            memcpy(s->bi_ext.parent_id, ps->bi_ext.layer_id,
-                   QCOW2_BI_ID_SIZE);
-        }
-    }
-    s->autoclear_features |= QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = bi_write_header(bs, errp);
+    ret = bi_finish(&c, errp);
     if (ret < 0) {
-        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
         goto out;
     }
     trace_qcow2_bi_build(bs, c.n, c.parent_trusted, st.slices_written,
                          st.entries_changed);
+out:
+    bi_chain_free(&c);
+    return ret;
+}
+
+/* The number of L2 slices an index build of @bs walks */
+uint64_t qcow2_bi_slices(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs),
+                                        s->cluster_size);
+
+    return DIV_ROUND_UP(nb_clusters, s->l2_slice_size);
+}
+
+/*
+ * qcow2_bi_build for a layer in use: guest requests keep running.  Each
+ * L2 slice is read and written under the lock of its layer (what the
+ * guest changed meanwhile is taken into account, see bi_walk), and
+ * @slice_done runs after each, without any lock: it may sleep, and stop
+ * the build by returning an error.  The valid bit is cleared first and
+ * set last, once the tables are on disk, and only if the chain below is
+ * still the one the index was computed from and nothing invalidated the
+ * image meanwhile: stopped or failed at any point, the layer is left
+ * without a valid index, never with a wrong one.  @bs must be writable.
+ */
+int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
+                                          Qcow2BiSliceDone *slice_done,
+                                          void *opaque, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint8_t parent_id[QCOW2_BI_ID_SIZE] = { 0 };
+    BlockDriverState *l, *parent;
+    uint64_t invalidations;
+    BiWalkStats st;
+    BiChain c;
+    unsigned i;
+    int ret;
+
+    ret = bi_prepare(bs, &c, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    c.online = true;
+    c.slice_done = slice_done;
+    c.opaque = opaque;
+    parent = c.n > 1 ? c.layer[1] : NULL;
+    if (parent && qcow2_bi_is_qcow2(parent)) {
+        BDRVQcow2State *ps = parent->opaque;
+
+        memcpy(parent_id, ps->bi_ext.layer_id, QCOW2_BI_ID_SIZE);
+    }
+
+    qemu_co_mutex_lock(&s->lock);
+    ret = bi_begin(bs, errp);
+    invalidations = s->bi_invalidations;
+    qemu_co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        goto out;
+    }
+
+    ret = bi_walk(&c, BI_WRITE, &st, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    /* Like a guest's flush: the tables written under the lock, then sync */
+    ret = bdrv_co_flush(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the L2 tables of '%s'",
+                         bs->filename);
+        goto out;
+    }
+
+    qemu_co_mutex_lock(&s->lock);
+    i = 0;
+    for (l = bs; l && i < c.n && l == c.layer[i]; l = qcow2_bi_next_layer(l)) {
+        i++;
+    }
+    if (l || i != c.n || s->bi_invalidations != invalidations ||
+        (parent && qcow2_bi_is_qcow2(parent) &&
+         memcmp(parent_id, ((BDRVQcow2State *)parent->opaque)->bi_ext.layer_id,
+                QCOW2_BI_ID_SIZE))) {
+        qemu_co_mutex_unlock(&s->lock);
+        error_setg(errp, "The chain of '%s' or the image itself changed while "
+                   "its backing index was built; its index is not used",
+                   bs->filename);
+        error_append_hint(errp, "Run the amendment again.\n");
+        ret = -EBUSY;
+        goto out;
+    }
+    ret = bi_finish(&c, errp);
+    qemu_co_mutex_unlock(&s->lock);
+    if (ret == 0) {
+        trace_qcow2_bi_build_online(bs, c.n, c.parent_trusted,
+                                    st.slices_written, st.entries_changed);
+    }
 out:
     bi_chain_free(&c);
     return ret;

@@ -134,6 +134,8 @@ int qcow2_bi_invalidate(BlockDriverState *bs, const char *why)
     BDRVQcow2State *s = bs->opaque;
     int ret;
 
+    /* An online build running now must not set the bit at its end */
+    s->bi_invalidations++;
     if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
         return 0;
     }

@@ -67,6 +67,37 @@ static int bi_convert_check_layer(BlockDriverState *l, unsigned depth,
 }
 
 /*
+ * The layers of the chain from @l down, base first, as a new array of *@n,
+ * and in *@first the position of the lowest one whose index does not
+ * validate (*@n if all do).  A raw base carries nothing and is skipped.
+ */
+BlockDriverState **qcow2_bi_chain_to_index(BlockDriverState *l, unsigned *n,
+                                           unsigned *first)
+{
+    BlockDriverState **node;
+    unsigned d;
+
+    *n = qcow2_bi_chain_length(l);
+    node = g_new(BlockDriverState *, *n);
+    d = *n;
+    for (; l; l = qcow2_bi_next_layer(l)) {
+        node[--d] = l;
+    }
+    for (*first = 0; *first < *n; (*first)++) {
+        g_autofree char *reason = NULL;
+
+        if (*first == 0 && !qcow2_bi_is_qcow2(node[0])) {
+            continue;
+        }
+        reason = qcow2_bi_chain_check(node[*first]);
+        if (reason) {
+            break;
+        }
+    }
+    return node;
+}
+
+/*
  * Index every layer of the chain below @bs that does not validate, from
  * the base up, so that an index built for @bs afterwards validates.  @bs
  * is qcow2, opened read-write with its backing chain open read-only and
@@ -95,25 +126,8 @@ int qcow2_bi_convert_chain(BlockDriverState *bs,
     if (ret < 0) {
         return ret;
     }
-    n = qcow2_bi_chain_length(below);
-    node = g_new(BlockDriverState *, n);
-    d = n;
-    for (l = below; l; l = qcow2_bi_next_layer(l)) {
-        node[--d] = l;
-    }
-
     /* The lowest layer that does not validate; all above it follow it */
-    for (first = 0; first < n; first++) {
-        g_autofree char *reason = NULL;
-
-        if (first == 0 && !qcow2_bi_is_qcow2(node[0])) {
-            continue;   /* a raw base carries nothing */
-        }
-        reason = qcow2_bi_chain_check(node[first]);
-        if (reason) {
-            break;
-        }
-    }
+    node = qcow2_bi_chain_to_index(below, &n, &first);
     if (first == n) {
         return 0;
     }

@@ -16,6 +16,7 @@
 #define BLOCK_QCOW2_BACKING_INDEX_H
 
 #include "block/block_int.h"
+#include "qemu/job.h"
 
 /* Create and amend option */
 #define BLOCK_OPT_BACKING_INDEX "backing-index"
@@ -125,6 +126,13 @@ int qcow2_bi_check_supported(BlockDriverState *bs, Error **errp);
 int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp);
 int qcow2_bi_check_strippable(BlockDriverState *bs, Error **errp);
 int qcow2_bi_build(BlockDriverState *bs, Error **errp);
+/* Called after each L2 slice of an online build; < 0 stops it */
+typedef int coroutine_fn Qcow2BiSliceDone(void *opaque, uint64_t bytes,
+                                          Error **errp);
+int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
+                                          Qcow2BiSliceDone *slice_done,
+                                          void *opaque, Error **errp);
+uint64_t qcow2_bi_slices(BlockDriverState *bs);
 int qcow2_bi_strip(BlockDriverState *bs, Error **errp);
 int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
                    BdrvCheckMode fix);
@@ -140,8 +148,16 @@ bool qcow2_bi_backing_follows_graph(BlockDriverState *bs,
 void qcow2_bi_reindex(BlockDriverState *bs, const char *why);
 
 /* qcow2-backing-index-convert.c: indexing a whole chain */
+BlockDriverState **qcow2_bi_chain_to_index(BlockDriverState *l, unsigned *n,
+                                           unsigned *first);
 int qcow2_bi_convert_chain(BlockDriverState *bs,
                            BlockDriverAmendStatusCB *status_cb,
                            void *cb_opaque, Error **errp);
+
+/* qcow2-backing-index-online.c: x-blockdev-amend on a chain in use */
+int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
+                                   int64_t speed, Error **errp);
+int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp);
+void qcow2_bi_amend_clean(BlockDriverState *bs);
 
 #endif
