@@ -50,9 +50,11 @@ static void bi_chain_free(BiChain *c)
  * Gather the chain of @bs and refuse what the index cannot describe:
  * too many layers, a non-qcow2 layer above the base, another cluster size,
  * subclusters, or a qcow2 layer whose size is not a multiple of the
- * cluster size.
+ * cluster size.  With @check_parent, c->parent_trusted says whether the
+ * parent's own index validates (a walk of the whole chain below).
  */
-static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
+static int bi_chain_get(BlockDriverState *bs, BiChain *c, bool check_parent,
+                        Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     BlockDriverState *l;
@@ -110,7 +112,7 @@ static int bi_chain_get(BlockDriverState *bs, BiChain *c, Error **errp)
             goto fail;
         }
     }
-    if (c->n > 1 && qcow2_bi_is_qcow2(c->layer[1])) {
+    if (check_parent && c->n > 1 && qcow2_bi_is_qcow2(c->layer[1])) {
         g_autofree char *reason = qcow2_bi_chain_check(c->layer[1]);
 
         c->parent_trusted = !reason;
@@ -129,7 +131,7 @@ fail:
 int qcow2_bi_chain_supported(BlockDriverState *bs, Error **errp)
 {
     BiChain c;
-    int ret = bi_chain_get(bs, &c, errp);
+    int ret = bi_chain_get(bs, &c, false, errp);
 
     if (ret == 0) {
         bi_chain_free(&c);
@@ -446,12 +448,16 @@ static int bi_flush_l2(BlockDriverState *bs, Error **errp)
     return ret;
 }
 
-/* What the index of @bs needs of @bs and of its chain, gathered in @c */
-static int bi_prepare(BlockDriverState *bs, BiChain *c, Error **errp)
+/*
+ * What the index of @bs needs of @bs and of its chain, gathered in @c;
+ * with @check_parent, whether the parent's own index validates
+ */
+static int bi_prepare(BlockDriverState *bs, BiChain *c, bool check_parent,
+                      Error **errp)
 {
     int ret = qcow2_bi_check_supported(bs, errp);
 
-    return ret < 0 ? ret : bi_chain_get(bs, c, errp);
+    return ret < 0 ? ret : bi_chain_get(bs, c, check_parent, errp);
 }
 
 /*
@@ -799,7 +805,7 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
     BiWalkStats st;
     int ret;
 
-    ret = bi_prepare(bs, &c, errp);
+    ret = bi_prepare(bs, &c, true, errp);
     if (ret < 0) {
         return ret;
     }
@@ -853,9 +859,12 @@ uint64_t qcow2_bi_slices(BlockDriverState *bs)
  * set last, once the tables are on disk, and only if the chain below is
  * still the one the index was computed from and nothing invalidated the
  * image meanwhile: stopped or failed at any point, the layer is left
- * without a valid index, never with a wrong one.  @bs must be writable.
+ * without a valid index, never with a wrong one.  @bs must be writable;
+ * @parent_valid says that the chain below it validates (the caller has
+ * checked it or just indexed it), so its entries are an L2 copy.
  */
 int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
+                                          bool parent_valid,
                                           Qcow2BiSliceDone *slice_done,
                                           void *opaque, Error **errp)
 {
@@ -868,10 +877,13 @@ int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
     unsigned i;
     int ret;
 
-    ret = bi_prepare(bs, &c, errp);
+    /* The caller knows: a chain check walks every layer below */
+    ret = bi_prepare(bs, &c, false, errp);
     if (ret < 0) {
         return ret;
     }
+    c.parent_trusted = parent_valid && c.n > 1 &&
+                       qcow2_bi_is_qcow2(c.layer[1]);
     c.online = true;
     c.slice_done = slice_done;
     c.opaque = opaque;
@@ -1009,7 +1021,7 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
     if (reason) {
         return 0;
     }
-    ret = bi_chain_get(bs, &c, &local_err);
+    ret = bi_chain_get(bs, &c, true, &local_err);
     if (ret == 0) {
         ret = bi_walk(&c, BI_COMPARE, &st, &local_err);
         bi_chain_free(&c);

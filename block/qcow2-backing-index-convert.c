@@ -75,7 +75,7 @@ BlockDriverState **qcow2_bi_chain_to_index(BlockDriverState *l, unsigned *n,
                                            unsigned *first)
 {
     BlockDriverState **node;
-    unsigned d;
+    unsigned d, lo, hi;
 
     *n = qcow2_bi_chain_length(l);
     node = g_new(BlockDriverState *, *n);
@@ -83,17 +83,26 @@ BlockDriverState **qcow2_bi_chain_to_index(BlockDriverState *l, unsigned *n,
     for (; l; l = qcow2_bi_next_layer(l)) {
         node[--d] = l;
     }
-    for (*first = 0; *first < *n; (*first)++) {
+    /*
+     * A layer validates only if every layer below it does: a binary
+     * search, since each check walks the chain below the layer
+     */
+    lo = 0;
+    hi = *n;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
         g_autofree char *reason = NULL;
 
-        if (*first == 0 && !qcow2_bi_is_qcow2(node[0])) {
-            continue;
+        if (mid > 0 || qcow2_bi_is_qcow2(node[0])) {
+            reason = qcow2_bi_chain_check(node[mid]);
         }
-        reason = qcow2_bi_chain_check(node[*first]);
         if (reason) {
-            break;
+            hi = mid;
+        } else {
+            lo = mid + 1;
         }
     }
+    *first = lo;
     return node;
 }
 

@@ -143,8 +143,16 @@ typedef struct BiReopen {
 static void bi_reopen_bh(void *opaque)
 {
     BiReopen *r = opaque;
+    int64_t start = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
 
+    /*
+     * The reopen drains the layer, the layers above it and its file: the
+     * guest's requests wait from its start to its end
+     */
     r->ret = bdrv_reopen_set_read_only(r->bs, r->read_only, &r->err);
+    trace_qcow2_bi_amend_reopen(r->bs, r->read_only,
+                                qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
+                                start);
     aio_co_wake(r->co);
 }
 
@@ -158,13 +166,9 @@ static int coroutine_fn bi_co_reopen(BlockDriverState *l, bool read_only,
     BiReopen r = {
         .bs = l, .read_only = read_only, .co = qemu_coroutine_self(),
     };
-    int64_t start = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
 
     aio_bh_schedule_oneshot(qemu_get_aio_context(), bi_reopen_bh, &r);
     qemu_coroutine_yield();
-    trace_qcow2_bi_amend_reopen(l, read_only,
-                                qemu_clock_get_ns(QEMU_CLOCK_REALTIME) -
-                                start);
     error_propagate(errp, r.err);
     return r.ret;
 }
@@ -184,10 +188,21 @@ static int coroutine_fn bi_amend_lower_layer(BiAmendRun *r,
                                 l->filename, depth);
         return ret;
     }
-    ret = qcow2_bi_co_build_online(l, bi_amend_slice_done, r, &local_err);
+    ret = qcow2_bi_co_build_online(l, true, bi_amend_slice_done, r,
+                                   &local_err);
     if (ret < 0) {
         error_propagate_prepend(errp, local_err, "Could not index layer "
                                 "'%s' at depth %u: ", l->filename, depth);
+    } else {
+        /*
+         * The header with the valid bit on disk now, while the guest runs:
+         * the read-only reopen flushes too, with the guest waiting
+         */
+        ret = bdrv_co_flush(l);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write the header of "
+                             "layer '%s' at depth %u", l->filename, depth);
+        }
     }
     ret2 = bi_co_reopen(l, true, ret < 0 ? NULL : &local_err);
     if (ret == 0 && ret2 < 0) {
@@ -256,7 +271,7 @@ static int coroutine_fn bi_amend_run(BiAmendRun *r, Error **errp)
             return ret;
         }
     }
-    return qcow2_bi_co_build_online(bs, bi_amend_slice_done, r, errp);
+    return qcow2_bi_co_build_online(bs, true, bi_amend_slice_done, r, errp);
 }
 
 /*
