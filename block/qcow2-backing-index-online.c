@@ -265,13 +265,28 @@ static int coroutine_fn bi_amend_run(BiAmendRun *r, Error **errp)
     /* The amend job adds one when the driver returns */
     job_progress_set_remaining(r->job, slices + 1);
 
+    /*
+     * A read that reaches a layer indexed by now (through the layers above
+     * it, not indexed yet) would go direct from there, with a view and a
+     * cache built anew after each layer the job finishes: each such read
+     * would reread the L2 tables of every layer below.  Until the top is
+     * done, reads go layer by layer, as before the job.
+     */
     for (d = first; d < n - 1; d++) {
-        ret = bi_amend_lower_layer(r, node[d], d + 1, errp);
-        if (ret < 0) {
-            return ret;
-        }
+        ((BDRVQcow2State *)node[d]->opaque)->bi_da_held++;
     }
-    return qcow2_bi_co_build_online(bs, true, bi_amend_slice_done, r, errp);
+    ret = 0;
+    for (d = first; d < n - 1 && ret == 0; d++) {
+        ret = bi_amend_lower_layer(r, node[d], d + 1, errp);
+    }
+    if (ret == 0) {
+        ret = qcow2_bi_co_build_online(bs, true, bi_amend_slice_done, r,
+                                       errp);
+    }
+    for (d = first; d < n - 1; d++) {
+        ((BDRVQcow2State *)node[d]->opaque)->bi_da_held--;
+    }
+    return ret;
 }
 
 /*

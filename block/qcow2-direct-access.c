@@ -472,7 +472,7 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
     int run;
 
     *task_bs = bs;
-    if (!s->bi_enabled || !bs->backing) {
+    if (!s->bi_enabled || !bs->backing || s->bi_da_held) {
         return 0;
     }
     da = da_view(bs);
