@@ -654,7 +654,7 @@ qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
     bool answered = false;
     int ret;
 
-    if (!s->bi_enabled || !bs->backing) {
+    if (!s->bi_enabled || !bs->backing || s->bi_da_held) {
         return NULL;
     }
     qemu_co_mutex_lock(&s->lock);
