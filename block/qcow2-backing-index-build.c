@@ -859,12 +859,11 @@ uint64_t qcow2_bi_slices(BlockDriverState *bs)
  * set last, once the tables are on disk, and only if the chain below is
  * still the one the index was computed from and nothing invalidated the
  * image meanwhile: stopped or failed at any point, the layer is left
- * without a valid index, never with a wrong one.  @bs must be writable;
- * @parent_valid says that the chain below it validates (the caller has
- * checked it or just indexed it), so its entries are an L2 copy.
+ * without a valid index, never with a wrong one.  @bs must be writable,
+ * and the chain below it must validate (the caller has checked it or just
+ * indexed it, from the base up): its entries are an L2 copy.
  */
 int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
-                                          bool parent_valid,
                                           Qcow2BiSliceDone *slice_done,
                                           void *opaque, Error **errp)
 {
@@ -882,8 +881,7 @@ int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
     if (ret < 0) {
         return ret;
     }
-    c.parent_trusted = parent_valid && c.n > 1 &&
-                       qcow2_bi_is_qcow2(c.layer[1]);
+    c.parent_trusted = c.n > 1 && qcow2_bi_is_qcow2(c.layer[1]);
     c.online = true;
     c.slice_done = slice_done;
     c.opaque = opaque;

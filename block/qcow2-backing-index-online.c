@@ -188,8 +188,7 @@ static int coroutine_fn bi_amend_lower_layer(BiAmendRun *r,
                                 l->filename, depth);
         return ret;
     }
-    ret = qcow2_bi_co_build_online(l, true, bi_amend_slice_done, r,
-                                   &local_err);
+    ret = qcow2_bi_co_build_online(l, bi_amend_slice_done, r, &local_err);
     if (ret < 0) {
         error_propagate_prepend(errp, local_err, "Could not index layer "
                                 "'%s' at depth %u: ", l->filename, depth);
@@ -280,8 +279,7 @@ static int coroutine_fn bi_amend_run(BiAmendRun *r, Error **errp)
         ret = bi_amend_lower_layer(r, node[d], d + 1, errp);
     }
     if (ret == 0) {
-        ret = qcow2_bi_co_build_online(bs, true, bi_amend_slice_done, r,
-                                       errp);
+        ret = qcow2_bi_co_build_online(bs, bi_amend_slice_done, r, errp);
     }
     for (d = first; d < n - 1; d++) {
         ((BDRVQcow2State *)node[d]->opaque)->bi_da_held--;

@@ -130,7 +130,6 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp);
 typedef int coroutine_fn Qcow2BiSliceDone(void *opaque, uint64_t bytes,
                                           Error **errp);
 int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
-                                          bool parent_valid,
                                           Qcow2BiSliceDone *slice_done,
                                           void *opaque, Error **errp);
 uint64_t qcow2_bi_slices(BlockDriverState *bs);
