@@ -34,6 +34,7 @@ void qcow2_bi_changed(BlockDriverState *bs)
 {
     trace_qcow2_bi_changed(bs);
     qatomic_inc(&qcow2_bi_generation);
+    qcow2_bi_rebuild_kick();
 }
 
 /* Read the extension at @offset (@len bytes) of @bs's header */
@@ -156,6 +157,7 @@ void qcow2_bi_close(BlockDriverState *bs)
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
     qcow2_da_free(bs);
+    qcow2_bi_rebuild_forget(bs);
     qcow2_bi_changed(bs);
 }
 

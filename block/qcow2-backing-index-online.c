@@ -62,10 +62,11 @@ typedef struct BiAmendRun {
 #define BI_AMEND_SLICE_NS (100 * SCALE_MS)
 
 /*
- * Before the job starts, under the BQL: keep every layer of @bs's chain
- * from being changed by other operations until the job is gone.
+ * Before an indexing job starts, under the BQL: keep every layer of @bs's
+ * chain from being changed by other operations until the job is gone;
+ * they are refused with "Node ... is busy: " and @why.
  */
-int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
+void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2BiAmend *a;
@@ -73,12 +74,11 @@ int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
 
     if (s->bi_amend) {
         s->bi_amend->jobs++;
-        return 0;
+        return;
     }
     a = g_new0(Qcow2BiAmend, 1);
     a->jobs = 1;
-    error_setg(&a->blocker, "the chain of node '%s' is being amended "
-               "(x-blockdev-amend)", bdrv_get_device_or_node_name(bs));
+    error_setg(&a->blocker, "%s", why);
     for (l = bs; l; l = qcow2_bi_next_layer(l)) {
         bdrv_ref(l);
         bdrv_op_block_all(l, a->blocker);
@@ -86,11 +86,21 @@ int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
         a->nodes = g_slist_prepend(a->nodes, l);
     }
     s->bi_amend = a;
+}
+
+/* x-blockdev-amend's hook before its job starts */
+int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
+{
+    g_autofree char *why = g_strdup_printf("the chain of node '%s' is being "
+                                           "amended (x-blockdev-amend)",
+                                           bdrv_get_device_or_node_name(bs));
+
+    qcow2_bi_hold_chain(bs, why);
     return 0;
 }
 
-/* After the job, under the BQL: undo qcow2_bi_amend_pre_run */
-void qcow2_bi_amend_clean(BlockDriverState *bs)
+/* After the job, under the BQL: undo qcow2_bi_hold_chain */
+void qcow2_bi_release_chain(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2BiAmend *a = s->bi_amend;
@@ -109,6 +119,12 @@ void qcow2_bi_amend_clean(BlockDriverState *bs)
     error_free(a->blocker);
     g_free(a);
     s->bi_amend = NULL;
+}
+
+/* x-blockdev-amend's hook when its job is gone */
+void qcow2_bi_amend_clean(BlockDriverState *bs)
+{
+    qcow2_bi_release_chain(bs);
 }
 
 /* After each L2 slice: progress, the rate limit, pause and cancel */
@@ -288,24 +304,18 @@ static int coroutine_fn bi_amend_run(BiAmendRun *r, Error **errp)
 }
 
 /*
- * x-blockdev-amend "backing-index": @on builds the index of @bs's whole
- * chain while it is in use; off is refused (stripping rewrites every
- * entry a guest may be writing: qemu-img amend does it offline).
+ * Index @bs's whole chain while it is in use, as @job (which holds the
+ * chain: qcow2_bi_hold_chain), at most @speed bytes of L2 tables per
+ * second (0: no limit); @background if it was started without a request
  */
-int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
-                                   int64_t speed, Error **errp)
+int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
+                                         int64_t speed, bool background,
+                                         Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     BiAmendRun r = { .job = job, .speed = speed, .top = bs };
     int ret;
 
-    if (!on) {
-        error_setg(errp, "backing-index=false cannot be amended on an image "
-                   "in use");
-        error_append_hint(errp, "Stop its users and run 'qemu-img amend -o "
-                          "backing-index=off' on it.\n");
-        return -ENOTSUP;
-    }
     assert(s->bi_amend);
     if (s->bi_amend->running) {
         error_setg(errp, "Node '%s' is being amended by another job",
@@ -321,5 +331,25 @@ int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
     ratelimit_destroy(&r.limit);
     s->bi_amend->running = false;
     trace_qcow2_bi_amend_end(bs, ret);
+    qcow2_bi_rebuild_job_ended(bs, job, ret, ret < 0 ? *errp : NULL,
+                               background);
     return ret;
+}
+
+/*
+ * x-blockdev-amend "backing-index": @on builds the index of @bs's whole
+ * chain while it is in use; off is refused (stripping rewrites every
+ * entry a guest may be writing: qemu-img amend does it offline).
+ */
+int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
+                                   int64_t speed, Error **errp)
+{
+    if (!on) {
+        error_setg(errp, "backing-index=false cannot be amended on an image "
+                   "in use");
+        error_append_hint(errp, "Stop its users and run 'qemu-img amend -o "
+                          "backing-index=off' on it.\n");
+        return -ENOTSUP;
+    }
+    return qcow2_bi_co_index_chain(bs, job, speed, false, errp);
 }

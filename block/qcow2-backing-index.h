@@ -159,5 +159,16 @@ int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
                                    int64_t speed, Error **errp);
 int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp);
 void qcow2_bi_amend_clean(BlockDriverState *bs);
+void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why);
+void qcow2_bi_release_chain(BlockDriverState *bs);
+int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
+                                         int64_t speed, bool background,
+                                         Error **errp);
+
+/* qcow2-backing-index-rebuild.c: indexing a chain again in the background */
+void qcow2_bi_rebuild_kick(void);
+void qcow2_bi_rebuild_forget(BlockDriverState *bs);
+void qcow2_bi_rebuild_job_ended(BlockDriverState *bs, Job *job, int ret,
+                                Error *err, bool report);
 
 #endif
