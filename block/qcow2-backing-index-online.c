@@ -64,9 +64,11 @@ typedef struct BiAmendRun {
 /*
  * Before an indexing job starts, under the BQL: keep every layer of @bs's
  * chain from being changed by other operations until the job is gone;
- * they are refused with "Node ... is busy: " and @why.
+ * they are refused with "Node ... is busy: " and @why, or, with
+ * @give_way, call it first (it ends the job: bdrv_op_block_giving_way).
  */
-void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why)
+void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
+                         void (*give_way)(void *opaque), void *opaque)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2BiAmend *a;
@@ -80,9 +82,14 @@ void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why)
     a->jobs = 1;
     error_setg(&a->blocker, "%s", why);
     for (l = bs; l; l = qcow2_bi_next_layer(l)) {
+        BlockOpType op;
+
         bdrv_ref(l);
-        bdrv_op_block_all(l, a->blocker);
-        bdrv_op_unblock(l, BLOCK_OP_TYPE_DATAPLANE, a->blocker);
+        for (op = 0; op < BLOCK_OP_TYPE_MAX; op++) {
+            if (op != BLOCK_OP_TYPE_DATAPLANE) {
+                bdrv_op_block_giving_way(l, op, a->blocker, give_way, opaque);
+            }
+        }
         a->nodes = g_slist_prepend(a->nodes, l);
     }
     s->bi_amend = a;
@@ -95,7 +102,7 @@ int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
                                            "amended (x-blockdev-amend)",
                                            bdrv_get_device_or_node_name(bs));
 
-    qcow2_bi_hold_chain(bs, why);
+    qcow2_bi_hold_chain(bs, why, NULL, NULL);
     return 0;
 }
 
@@ -306,11 +313,10 @@ static int coroutine_fn bi_amend_run(BiAmendRun *r, Error **errp)
 /*
  * Index @bs's whole chain while it is in use, as @job (which holds the
  * chain: qcow2_bi_hold_chain), at most @speed bytes of L2 tables per
- * second (0: no limit); @background if it was started without a request
+ * second (0: no limit)
  */
 int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
-                                         int64_t speed, bool background,
-                                         Error **errp)
+                                         int64_t speed, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     BiAmendRun r = { .job = job, .speed = speed, .top = bs };
@@ -331,8 +337,6 @@ int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
     ratelimit_destroy(&r.limit);
     s->bi_amend->running = false;
     trace_qcow2_bi_amend_end(bs, ret);
-    qcow2_bi_rebuild_job_ended(bs, job, ret, ret < 0 ? *errp : NULL,
-                               background);
     return ret;
 }
 
@@ -344,6 +348,8 @@ int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
 int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
                                    int64_t speed, Error **errp)
 {
+    int ret;
+
     if (!on) {
         error_setg(errp, "backing-index=false cannot be amended on an image "
                    "in use");
@@ -351,5 +357,8 @@ int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
                           "backing-index=off' on it.\n");
         return -ENOTSUP;
     }
-    return qcow2_bi_co_index_chain(bs, job, speed, false, errp);
+    ret = qcow2_bi_co_index_chain(bs, job, speed, errp);
+    /* Not started again on its own if it was cancelled or failed */
+    qcow2_bi_rebuild_job_ended(bs, job, ret, ret < 0 ? *errp : NULL, false);
+    return ret;
 }

@@ -55,6 +55,7 @@ typedef struct BiRebuildJob {
     Job common;
     BlockDriverState *bs;
     int ret;
+    bool gave_way;              /* cancelled for an operation on the chain */
 } BiRebuildJob;
 
 /* Why a node's job is not started again, until @graph_gen or @bi_gen move */
@@ -165,7 +166,8 @@ static bool bi_rebuild_candidate(BlockDriverState *bs)
     }
     s = bs->opaque;
     if (!s->bi_enabled || s->bi_ext_error || s->bi_amend ||
-        !bdrv_is_writable(bs) || QLIST_EMPTY(&bs->parents) ||
+        s->bi_rebuild_off || !bdrv_is_writable(bs) ||
+        QLIST_EMPTY(&bs->parents) ||
         bdrv_get_aio_context(bs) != qemu_get_aio_context() ||
         (bs->backing_file[0] && !qcow2_bi_next_layer(bs))) {
         return false;
@@ -199,10 +201,16 @@ static bool bi_rebuild_chain_busy(BlockDriverState *bs)
 static int coroutine_fn bi_rebuild_run(Job *job, Error **errp)
 {
     BiRebuildJob *j = container_of(job, BiRebuildJob, common);
+    BDRVQcow2State *s = j->bs->opaque;
 
-    j->ret = qcow2_bi_co_index_chain(j->bs, job, 0, true, errp);
+    /* backing-index-rebuild-speed, as the job starts */
+    j->ret = qcow2_bi_co_index_chain(j->bs, job, s->bi_rebuild_speed, errp);
     /* qcow2_bi_co_index_chain leaves one step for the end */
     job_progress_update(job, 1);
+    if (!j->gave_way) {
+        qcow2_bi_rebuild_job_ended(j->bs, job, j->ret,
+                                   j->ret < 0 ? *errp : NULL, true);
+    }
     return j->ret;
 }
 
@@ -244,6 +252,22 @@ static const JobDriver bi_rebuild_job_driver = {
     .free          = bi_rebuild_free,
 };
 
+/*
+ * Another operation on the chain is starting (it found only our blockers
+ * in its way): end the job now, before that operation goes ahead.  The
+ * layer it was indexing is left without a valid index, as after any
+ * cancellation; the scan starts a job again once the operation is done.
+ */
+static void bi_rebuild_give_way(void *opaque)
+{
+    BiRebuildJob *j = opaque;
+
+    trace_qcow2_bi_rebuild_give_way(j->bs, j->common.id);
+    j->gave_way = true;
+    job_cancel_sync(&j->common, true);
+    qcow2_bi_rebuild_kick();
+}
+
 /* Start the job that indexes @bs's chain again (it does not validate: @why) */
 static void bi_rebuild_start(BlockDriverState *bs, const char *why)
 {
@@ -264,10 +288,9 @@ static void bi_rebuild_start(BlockDriverState *bs, const char *why)
     bdrv_ref(bs);
     j->bs = bs;
     blocker = g_strdup_printf("the backing index of the chain of node '%s' "
-                              "is being built in the background (job '%s'; "
-                              "job-cancel stops it until the chain changes "
-                              "again)", bdrv_get_device_or_node_name(bs), id);
-    qcow2_bi_hold_chain(bs, blocker);
+                              "is being built in the background (job '%s')",
+                              bdrv_get_device_or_node_name(bs), id);
+    qcow2_bi_hold_chain(bs, blocker, bi_rebuild_give_way, j);
     trace_qcow2_bi_rebuild_start(bs, id, why);
     job_start(&j->common);
 }

@@ -21,6 +21,10 @@
 /* Create and amend option */
 #define BLOCK_OPT_BACKING_INDEX "backing-index"
 
+/* Runtime options: building the index again in the background */
+#define QCOW2_OPT_BACKING_INDEX_REBUILD "backing-index-rebuild"
+#define QCOW2_OPT_BACKING_INDEX_REBUILD_SPEED "backing-index-rebuild-speed"
+
 /* Entry bits 1-8 carry index bits 0-7 */
 #define QCOW2_BI_LOW_SHIFT      1
 #define QCOW2_BI_LOW_MASK       0x00000000000001feULL
@@ -159,11 +163,11 @@ int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
                                    int64_t speed, Error **errp);
 int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp);
 void qcow2_bi_amend_clean(BlockDriverState *bs);
-void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why);
+void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
+                         void (*give_way)(void *opaque), void *opaque);
 void qcow2_bi_release_chain(BlockDriverState *bs);
 int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
-                                         int64_t speed, bool background,
-                                         Error **errp);
+                                         int64_t speed, Error **errp);
 
 /* qcow2-backing-index-rebuild.c: indexing a chain again in the background */
 void qcow2_bi_rebuild_kick(void);

@@ -13,7 +13,9 @@ BACKGROUND_PREFIX = 'sqemu-index-'
 def wait_background_index(vm, timeout=60):
     """Wait until a background index job has gone (JOB_STATUS_CHANGE to
     "null"; events that came before are still queued in @vm).  Returns a
-    line saying how it ended, or that none came within @timeout s."""
+    line saying how it ended (its events do not say whether a job that
+    stopped early was cancelled or failed), or that none came within
+    @timeout s."""
     statuses = []
     while True:
         ev = vm.event_wait('JOB_STATUS_CHANGE', timeout=timeout)
@@ -24,7 +26,8 @@ def wait_background_index(vm, timeout=60):
             continue
         statuses.append(data['status'])
         if data['status'] == 'null':
-            ended = 'aborted' if 'aborted' in statuses else 'concluded'
+            ended = 'stopped early (cancelled or failed)' \
+                if 'aborting' in statuses else 'concluded'
             return 'the background index job %s' % ended
 
 
