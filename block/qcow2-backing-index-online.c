@@ -34,6 +34,7 @@
 #include "qapi/error.h"
 #include "qemu/main-loop.h"
 #include "qemu/ratelimit.h"
+#include "migration/blocker.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 #include "trace.h"
@@ -66,9 +67,13 @@ typedef struct BiAmendRun {
  * chain from being changed by other operations until the job is gone;
  * they are refused with "Node ... is busy: " and @why, or, with
  * @give_way, call it first (it ends the job: bdrv_op_block_giving_way).
+ * Migration is refused with @why too: the job writes the layers, which
+ * the end of a migration hands over to the destination (inactivates).
+ * Fails only if a migration is running already.
  */
-void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
-                         void (*give_way)(void *opaque), void *opaque)
+int qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
+                        void (*give_way)(void *opaque), void *opaque,
+                        Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2BiAmend *a;
@@ -76,11 +81,16 @@ void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
 
     if (s->bi_amend) {
         s->bi_amend->jobs++;
-        return;
+        return 0;
     }
     a = g_new0(Qcow2BiAmend, 1);
     a->jobs = 1;
     error_setg(&a->blocker, "%s", why);
+    if (migrate_add_blocker(a->blocker, errp) < 0) {
+        error_free(a->blocker);
+        g_free(a);
+        return -EBUSY;
+    }
     for (l = bs; l; l = qcow2_bi_next_layer(l)) {
         BlockOpType op;
 
@@ -93,6 +103,7 @@ void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
         a->nodes = g_slist_prepend(a->nodes, l);
     }
     s->bi_amend = a;
+    return 0;
 }
 
 /* x-blockdev-amend's hook before its job starts */
@@ -102,8 +113,7 @@ int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp)
                                            "amended (x-blockdev-amend)",
                                            bdrv_get_device_or_node_name(bs));
 
-    qcow2_bi_hold_chain(bs, why, NULL, NULL);
-    return 0;
+    return qcow2_bi_hold_chain(bs, why, NULL, NULL, errp);
 }
 
 /* After the job, under the BQL: undo qcow2_bi_hold_chain */
@@ -123,6 +133,7 @@ void qcow2_bi_release_chain(BlockDriverState *bs)
         bdrv_unref(l);
     }
     g_slist_free(a->nodes);
+    migrate_del_blocker(a->blocker);
     error_free(a->blocker);
     g_free(a);
     s->bi_amend = NULL;

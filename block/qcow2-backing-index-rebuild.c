@@ -26,8 +26,9 @@
  * x-blockdev-amend does: the same rules on the guest's pauses, on
  * progress, on cancellation, and on what a failure or a crash leaves
  * behind.  While another operation is running on the chain (its layers
- * have op blockers: a job that has not been dismissed yet, say), the scan
- * tries again every BI_REBUILD_RETRY_MS.
+ * have op blockers: a job that has not been dismissed yet, say), or a
+ * migration (which the job blocks while it runs), the scan tries again
+ * every BI_REBUILD_RETRY_MS.
  *
  * A job that an operator cancelled, or that failed, is not started again
  * for that node until the graph or an index state changes again; a
@@ -56,6 +57,7 @@ typedef struct BiRebuildJob {
     BlockDriverState *bs;
     int ret;
     bool gave_way;              /* cancelled for an operation on the chain */
+    bool started;
 } BiRebuildJob;
 
 /* Why a node's job is not started again, until @graph_gen or @bi_gen move */
@@ -239,10 +241,14 @@ static void bi_rebuild_free(Job *job)
     BiRebuildJob *j = container_of(job, BiRebuildJob, common);
     BlockDriverState *bs = j->bs;
 
+    if (j->started) {
+        trace_qcow2_bi_rebuild_end(bs, job->id, j->ret);
+    }
     qcow2_bi_release_chain(bs);
-    trace_qcow2_bi_rebuild_end(bs, job->id, j->ret);
     bdrv_unref(bs);
-    qcow2_bi_rebuild_kick();
+    if (j->started) {
+        qcow2_bi_rebuild_kick();
+    }
 }
 
 static const JobDriver bi_rebuild_job_driver = {
@@ -268,8 +274,11 @@ static void bi_rebuild_give_way(void *opaque)
     qcow2_bi_rebuild_kick();
 }
 
-/* Start the job that indexes @bs's chain again (it does not validate: @why) */
-static void bi_rebuild_start(BlockDriverState *bs, const char *why)
+/*
+ * Start the job that indexes @bs's chain again (it does not validate:
+ * @why); false if it cannot start yet (a migration is running)
+ */
+static bool bi_rebuild_start(BlockDriverState *bs, const char *why)
 {
     const char *name = bdrv_get_node_name(bs);
     g_autofree char *id = g_strdup_printf("sqemu-index-%s",
@@ -283,16 +292,21 @@ static void bi_rebuild_start(BlockDriverState *bs, const char *why)
     if (!j) {
         bi_rebuild_mark(bs, err, true);
         error_free(err);
-        return;
+        return true;
     }
     bdrv_ref(bs);
     j->bs = bs;
     blocker = g_strdup_printf("the backing index of the chain of node '%s' "
                               "is being built in the background (job '%s')",
                               bdrv_get_device_or_node_name(bs), id);
-    qcow2_bi_hold_chain(bs, blocker, bi_rebuild_give_way, j);
+    if (qcow2_bi_hold_chain(bs, blocker, bi_rebuild_give_way, j, NULL) < 0) {
+        job_early_fail(&j->common);
+        return false;
+    }
     trace_qcow2_bi_rebuild_start(bs, id, why);
+    j->started = true;
     job_start(&j->common);
+    return true;
 }
 
 /* From the main loop: start a job on every top that needs one */
@@ -314,11 +328,9 @@ static void bi_rebuild_scan(void *opaque)
             qcow2_bi_chain_supported(bs, NULL) < 0) {
             continue;       /* valid, or nothing to build can fix it */
         }
-        if (bi_rebuild_chain_busy(bs)) {
-            busy++;
-            continue;
+        if (bi_rebuild_chain_busy(bs) || !bi_rebuild_start(bs, why)) {
+            busy++;     /* another operation, or a migration, runs */
         }
-        bi_rebuild_start(bs, why);
     }
     trace_qcow2_bi_rebuild_scan(tops, busy);
     if (busy) {

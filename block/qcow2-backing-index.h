@@ -163,8 +163,9 @@ int coroutine_fn qcow2_bi_co_amend(BlockDriverState *bs, bool on, Job *job,
                                    int64_t speed, Error **errp);
 int qcow2_bi_amend_pre_run(BlockDriverState *bs, Error **errp);
 void qcow2_bi_amend_clean(BlockDriverState *bs);
-void qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
-                         void (*give_way)(void *opaque), void *opaque);
+int qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
+                        void (*give_way)(void *opaque), void *opaque,
+                        Error **errp);
 void qcow2_bi_release_chain(BlockDriverState *bs);
 int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
                                          int64_t speed, Error **errp);
