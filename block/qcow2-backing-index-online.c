@@ -49,6 +49,8 @@ typedef struct Qcow2BiAmend {
     GSList *nodes;              /* each referenced and blocked */
     unsigned jobs;              /* amend jobs of the node that exist */
     bool running;               /* one of them is indexing */
+    void (*give_way)(void *opaque);     /* a background job's; or NULL */
+    void *opaque;
 } Qcow2BiAmend;
 
 /* The state of one x-blockdev-amend indexing run */
@@ -79,14 +81,30 @@ int qcow2_bi_hold_chain(BlockDriverState *bs, const char *why,
     Qcow2BiAmend *a;
     BlockDriverState *l;
 
+    if (s->bi_amend && s->bi_amend->give_way) {
+        /*
+         * The background job does what this one is asked to: it gives
+         * way to it (synchronously: not from a coroutine)
+         */
+        assert(!give_way && !qemu_in_coroutine());
+        s->bi_amend->give_way(s->bi_amend->opaque);
+    }
     if (s->bi_amend) {
+        /* x-blockdev-amend's second job (it fails when it starts) */
+        assert(!give_way && !s->bi_amend->give_way);
         s->bi_amend->jobs++;
         return 0;
     }
     a = g_new0(Qcow2BiAmend, 1);
     a->jobs = 1;
+    a->give_way = give_way;
+    a->opaque = opaque;
     error_setg(&a->blocker, "%s", why);
-    if (migrate_add_blocker(a->blocker, errp) < 0) {
+    /*
+     * Not subject to --only-migratable: the job is temporary, and fails to
+     * start only while a migration runs
+     */
+    if (migrate_add_blocker_internal(a->blocker, errp) < 0) {
         error_free(a->blocker);
         g_free(a);
         return -EBUSY;
@@ -153,6 +171,12 @@ static int coroutine_fn bi_amend_slice_done(void *opaque, uint64_t bytes,
     int64_t delay = 0;
 
     job_progress_update(r->job, 1);
+    if (bdrv_get_aio_context(r->top) != qemu_get_aio_context()) {
+        /* A device moved the disk to its I/O thread meanwhile */
+        error_setg(errp, "Node '%s' moved to an I/O thread; its backing "
+                   "index was not built", bdrv_get_device_or_node_name(r->top));
+        return -ENOTSUP;
+    }
     if (r->speed) {
         delay = ratelimit_calculate_delay(&r->limit, bytes);
     }

@@ -20,19 +20,22 @@
  * change of a layer's index state, schedules a scan from the main loop
  * (never from a nested event loop, where a QMP command or a job may be
  * half way through changing the graph).  The scan looks for the writable
- * qcow2 tops in use in the main AioContext whose image has the index on
+ * qcow2 tops in use in the main AioContext (and not under a device with
+ * an I/O thread, which moves it there when the guest's driver starts)
+ * whose image has the index on
  * and whose chain does not validate, and starts on each a job of type
  * "amend" named "sqemu-index-<node>", which indexes the chain exactly as
  * x-blockdev-amend does: the same rules on the guest's pauses, on
  * progress, on cancellation, and on what a failure or a crash leaves
  * behind.  While another operation is running on the chain (its layers
- * have op blockers: a job that has not been dismissed yet, say), or a
- * migration (which the job blocks while it runs), the scan tries again
- * every BI_REBUILD_RETRY_MS.
+ * have op blockers: a job that has not been dismissed yet, say), the
+ * scan tries again every BI_REBUILD_RETRY_MS.  While a migration runs
+ * (which the job blocks while it runs), none is started.
  *
- * A job that an operator cancelled, or that failed, is not started again
- * for that node until the graph or an index state changes again; a
- * failure is reported once per distinct error.  Only programs that allow
+ * A job that an operator cancelled, that failed, or that could not start
+ * (a migration) is not started again for that node until the graph
+ * changes or the node is reopened; a failure is reported once per
+ * distinct error.  Only programs that allow
  * background jobs (the system emulator and the storage daemon) ever run
  * it; qemu-img and qemu-io never do.
  */
@@ -45,6 +48,8 @@
 #include "qemu/module.h"
 #include "qemu/timer.h"
 #include "sysemu/block-backend.h"
+#include "hw/qdev-core.h"
+#include "qom/object.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 #include "trace.h"
@@ -60,10 +65,14 @@ typedef struct BiRebuildJob {
     bool started;
 } BiRebuildJob;
 
-/* Why a node's job is not started again, until @graph_gen or @bi_gen move */
+/*
+ * Why a node's job is not started again, until the graph changes
+ * (@graph_gen) or the node is reopened.  Not on index state changes:
+ * every indexing job makes some, and two tops whose jobs fail would start
+ * each other's again forever.
+ */
 typedef struct BiRebuildMark {
     uint64_t graph_gen;
-    uint64_t bi_gen;
     char *error;                /* NULL: cancelled by an operator */
 } BiRebuildMark;
 
@@ -86,8 +95,7 @@ static bool bi_rebuild_marked(BlockDriverState *bs)
     BiRebuildMark *m = bi_rebuild_marks ?
                        g_hash_table_lookup(bi_rebuild_marks, bs) : NULL;
 
-    return m && m->graph_gen == qatomic_read(&bdrv_graph_generation) &&
-           m->bi_gen == qatomic_read(&qcow2_bi_generation);
+    return m && m->graph_gen == qatomic_read(&bdrv_graph_generation);
 }
 
 /*
@@ -111,7 +119,6 @@ static void bi_rebuild_mark(BlockDriverState *bs, Error *err, bool report)
     g_free(m->error);
     m->error = err ? g_strdup(error_get_pretty(err)) : NULL;
     m->graph_gen = qatomic_read(&bdrv_graph_generation);
-    m->bi_gen = qatomic_read(&qcow2_bi_generation);
     if (report) {
         warn_report("%s: the backing index of its chain could not be built "
                     "in the background, reads of the chain go layer by "
@@ -131,6 +138,22 @@ void qcow2_bi_rebuild_forget(BlockDriverState *bs)
 }
 
 /*
+ * Whether the device @dev (or the controller it sits on: virtio-scsi)
+ * has an I/O thread, where it moves its disk when the guest's driver
+ * starts it: the job runs in the main loop and would keep doing so
+ */
+static bool bi_rebuild_device_iothread(DeviceState *dev)
+{
+    for (; dev; dev = dev->parent_bus ? dev->parent_bus->parent : NULL) {
+        if (object_property_find(OBJECT(dev), "iothread") &&
+            object_property_get_link(OBJECT(dev), "iothread", NULL)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
  * Whether @bs is in use by what an operator set up: a node they named, or
  * a node under a device or a named drive.  Nodes that QEMU opens for a
  * moment of its own (blockdev-create formatting an image, the creation of
@@ -146,6 +169,20 @@ static bool bi_rebuild_user_node(BlockDriverState *bs)
     while ((blk = blk_all_next(blk))) {
         if (blk_bs(blk) == bs &&
             (blk_name(blk)[0] || blk_get_attached_dev(blk))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether a device with an I/O thread uses @bs */
+static bool bi_rebuild_iothread_user(BlockDriverState *bs)
+{
+    BlockBackend *blk = NULL;
+
+    while ((blk = blk_all_next(blk))) {
+        if (blk_bs(blk) == bs &&
+            bi_rebuild_device_iothread(blk_get_attached_dev(blk))) {
             return true;
         }
     }
@@ -179,21 +216,23 @@ static bool bi_rebuild_candidate(BlockDriverState *bs)
             return false;
         }
     }
-    return bi_rebuild_user_node(bs);
+    return bi_rebuild_user_node(bs) && !bi_rebuild_iothread_user(bs);
 }
 
 /*
- * Whether another operation holds a layer of @bs's chain.  A job blocks
+ * Whether another operation (or another top's indexing job, through a
+ * layer the chains share) holds a layer of @bs's chain.  A job blocks
  * every operation on the nodes it uses; a layer's overlay blocks most of
- * them too, but not commit and stream through it.
+ * them too, but not commit and stream through it.  Only looked at:
+ * bdrv_op_is_blocked() would make an indexing job give way.
  */
 static bool bi_rebuild_chain_busy(BlockDriverState *bs)
 {
     BlockDriverState *l;
 
     for (l = bs; l; l = qcow2_bi_next_layer(l)) {
-        if (bdrv_op_is_blocked(l, BLOCK_OP_TYPE_COMMIT_TARGET, NULL) ||
-            bdrv_op_is_blocked(l, BLOCK_OP_TYPE_STREAM, NULL)) {
+        if (!QLIST_EMPTY(&l->op_blockers[BLOCK_OP_TYPE_COMMIT_TARGET]) ||
+            !QLIST_EMPTY(&l->op_blockers[BLOCK_OP_TYPE_STREAM])) {
             return true;
         }
     }
@@ -268,17 +307,21 @@ static void bi_rebuild_give_way(void *opaque)
 {
     BiRebuildJob *j = opaque;
 
+    if (qemu_in_coroutine()) {
+        /*
+         * A QMP command running in a coroutine (block_resize): waiting for
+         * the job from there would never end.  It stays in the way.
+         */
+        return;
+    }
     trace_qcow2_bi_rebuild_give_way(j->bs, j->common.id);
     j->gave_way = true;
     job_cancel_sync(&j->common, true);
     qcow2_bi_rebuild_kick();
 }
 
-/*
- * Start the job that indexes @bs's chain again (it does not validate:
- * @why); false if it cannot start yet (a migration is running)
- */
-static bool bi_rebuild_start(BlockDriverState *bs, const char *why)
+/* Start the job that indexes @bs's chain again (it does not validate: @why) */
+static void bi_rebuild_start(BlockDriverState *bs, const char *why)
 {
     const char *name = bdrv_get_node_name(bs);
     g_autofree char *id = g_strdup_printf("sqemu-index-%s",
@@ -292,21 +335,24 @@ static bool bi_rebuild_start(BlockDriverState *bs, const char *why)
     if (!j) {
         bi_rebuild_mark(bs, err, true);
         error_free(err);
-        return true;
+        return;
     }
     bdrv_ref(bs);
     j->bs = bs;
     blocker = g_strdup_printf("the backing index of the chain of node '%s' "
                               "is being built in the background (job '%s')",
                               bdrv_get_device_or_node_name(bs), id);
-    if (qcow2_bi_hold_chain(bs, blocker, bi_rebuild_give_way, j, NULL) < 0) {
+    if (qcow2_bi_hold_chain(bs, blocker, bi_rebuild_give_way, j, &err) < 0) {
+        /* A migration runs: started again once the graph changes */
+        trace_qcow2_bi_rebuild_not_started(bs, error_get_pretty(err));
+        bi_rebuild_mark(bs, err, false);
+        error_free(err);
         job_early_fail(&j->common);
-        return false;
+        return;
     }
     trace_qcow2_bi_rebuild_start(bs, id, why);
     j->started = true;
     job_start(&j->common);
-    return true;
 }
 
 /* From the main loop: start a job on every top that needs one */
@@ -328,9 +374,11 @@ static void bi_rebuild_scan(void *opaque)
             qcow2_bi_chain_supported(bs, NULL) < 0) {
             continue;       /* valid, or nothing to build can fix it */
         }
-        if (bi_rebuild_chain_busy(bs) || !bi_rebuild_start(bs, why)) {
-            busy++;     /* another operation, or a migration, runs */
+        if (bi_rebuild_chain_busy(bs)) {
+            busy++;
+            continue;
         }
+        bi_rebuild_start(bs, why);
     }
     trace_qcow2_bi_rebuild_scan(tops, busy);
     if (busy) {
