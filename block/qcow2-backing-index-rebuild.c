@@ -78,7 +78,7 @@ typedef struct BiRebuildMark {
 
 static GHashTable *bi_rebuild_marks;    /* BlockDriverState * -> mark */
 static bool bi_rebuild_scheduled;
-static QEMUTimer *bi_rebuild_retry_timer;
+static QEMUTimer *bi_rebuild_retry_timer;     /* made on first use */
 static Notifier bi_rebuild_graph_notifier;
 
 static void bi_rebuild_mark_free(gpointer p)
@@ -154,39 +154,31 @@ static bool bi_rebuild_device_iothread(DeviceState *dev)
 }
 
 /*
- * Whether @bs is in use by what an operator set up: a node they named, or
- * a node under a device or a named drive.  Nodes that QEMU opens for a
- * moment of its own (blockdev-create formatting an image, the creation of
- * a snapshot or mirror target) have neither, and must be left alone.
+ * Whether @bs is in use by what an operator set up (a node they named, or
+ * a node under a device or a named drive), and no device with an I/O
+ * thread uses it.  Nodes that QEMU opens for a moment of its own
+ * (blockdev-create formatting an image, the creation of a snapshot or
+ * mirror target) have neither name nor device, and must be left alone.
  */
 static bool bi_rebuild_user_node(BlockDriverState *bs)
 {
-    BlockBackend *blk = NULL;
-
-    if (bs->node_name[0] && bs->node_name[0] != '#') {
-        return true;        /* generated node names start with '#' */
-    }
-    while ((blk = blk_all_next(blk))) {
-        if (blk_bs(blk) == bs &&
-            (blk_name(blk)[0] || blk_get_attached_dev(blk))) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Whether a device with an I/O thread uses @bs */
-static bool bi_rebuild_iothread_user(BlockDriverState *bs)
-{
+    /* generated node names start with '#' */
+    bool named = bs->node_name[0] && bs->node_name[0] != '#';
     BlockBackend *blk = NULL;
 
     while ((blk = blk_all_next(blk))) {
-        if (blk_bs(blk) == bs &&
-            bi_rebuild_device_iothread(blk_get_attached_dev(blk))) {
-            return true;
+        DeviceState *dev;
+
+        if (blk_bs(blk) != bs) {
+            continue;
         }
+        dev = blk_get_attached_dev(blk);
+        if (bi_rebuild_device_iothread(dev)) {
+            return false;
+        }
+        named = named || blk_name(blk)[0] || dev;
     }
-    return false;
+    return named;
 }
 
 /*
@@ -216,7 +208,7 @@ static bool bi_rebuild_candidate(BlockDriverState *bs)
             return false;
         }
     }
-    return bi_rebuild_user_node(bs) && !bi_rebuild_iothread_user(bs);
+    return bi_rebuild_user_node(bs);
 }
 
 /*
@@ -355,6 +347,11 @@ static void bi_rebuild_start(BlockDriverState *bs, const char *why)
     job_start(&j->common);
 }
 
+static void bi_rebuild_retry(void *opaque)
+{
+    qcow2_bi_rebuild_kick();
+}
+
 /* From the main loop: start a job on every top that needs one */
 static void bi_rebuild_scan(void *opaque)
 {
@@ -382,6 +379,12 @@ static void bi_rebuild_scan(void *opaque)
     }
     trace_qcow2_bi_rebuild_scan(tops, busy);
     if (busy) {
+        if (!bi_rebuild_retry_timer) {
+            bi_rebuild_retry_timer =
+                aio_timer_new(iohandler_get_aio_context(),
+                              QEMU_CLOCK_REALTIME, SCALE_MS,
+                              bi_rebuild_retry, NULL);
+        }
         timer_mod(bi_rebuild_retry_timer,
                   qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                   BI_REBUILD_RETRY_MS);
@@ -402,11 +405,6 @@ void qcow2_bi_rebuild_kick(void)
                             NULL);
 }
 
-static void bi_rebuild_retry(void *opaque)
-{
-    qcow2_bi_rebuild_kick();
-}
-
 static void bi_rebuild_graph_changed(Notifier *n, void *data)
 {
     qcow2_bi_rebuild_kick();
@@ -416,9 +414,6 @@ static void bi_rebuild_init(void)
 {
     bi_rebuild_graph_notifier.notify = bi_rebuild_graph_changed;
     bdrv_add_graph_change_notifier(&bi_rebuild_graph_notifier);
-    bi_rebuild_retry_timer = aio_timer_new(iohandler_get_aio_context(),
-                                           QEMU_CLOCK_REALTIME, SCALE_MS,
-                                           bi_rebuild_retry, NULL);
 }
 
 block_init(bi_rebuild_init);
