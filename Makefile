@@ -15,7 +15,7 @@ export CCACHE_BASEDIR := $(TOP)
 # QEMU compiles with -g; do not hash the build directory into the key.
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all configure check check-unit check-iotests demo bench deb \
+.PHONY: all configure check check-python check-unit check-iotests demo bench deb \
 	patches check-series series-status reset-src clean distclean help
 
 # The build has modules, as Debian's does (TCG and qtest are modules too,
@@ -35,6 +35,10 @@ configure:
 # (python3 is not on a fresh machine)
 check: configure
 	$(TOP)/scripts/sqemu/run-tests
+
+# the Python package's unit tests and flake8 (no build needed)
+check-python: configure
+	$(TOP)/scripts/sqemu/run-tests --no-build --only python
 
 check-unit: all
 	meson test -C $(OBJ) --no-rebuild --suite sqemu --print-errorlogs
@@ -73,6 +77,7 @@ distclean:
 help:
 	@echo 'make               configure (if needed) and build sQemu'
 	@echo 'make check         build and run all tests (the CI command)'
+	@echo 'make check-python  the Python package'"'"'s unit tests and flake8'
 	@echo 'make check-unit    cmocka unit tests only'
 	@echo 'make check-iotests the project'"'"'s iotests only'
 	@echo 'make demo          the main job: chain, benchmark, VM boot'

@@ -1,0 +1,838 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# bench: compare stock QEMU and sQemu (ours) on qcow2 backing chains of
+# growing length, side by side in one run.
+#
+# For each chain length N it builds one chain with mkchain (using ours'
+# tools); all chains exist at once.  Then it measures:
+#   - sequential read of the whole disk, QD1, O_DIRECT (qemu-img bench):
+#     time, throughput and peak RSS; every chain and build in turn, stock
+#     first, and that --repeat times, so that the ratios compare reads made
+#     minutes apart at most;
+# and, chain by chain, each build in turn, stock first:
+#   - random 4 KiB reads, QD16, through qemu-storage-daemon's NBD export
+#     (fio): IOPS and the daemon's peak RSS;
+#   - chain open time (qemu-io -c quit, median of several runs);
+#   - snapshot creation on top of the chain (qemu-img create -b): time and
+#     disk growth.
+# It prints one table, and writes the raw numbers as JSON and a plot as PNG.
+# Everything it creates (chains, sockets, daemons) is gone when it exits.
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from sqemu import paths, util
+
+SCRIPT_DIR = paths.SCRIPTS
+REPO_TOP = paths.REPO_TOP
+MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
+# Debian's stock QEMU comes from its packages (scripts/sqemu/stock-qemu):
+# /usr/bin is sQemu's once sQemu's packages are installed
+STOCK_QEMU = os.path.join(SCRIPT_DIR, 'stock-qemu')
+DEFAULT_STOCK = None
+DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
+BUILDS = ('stock', 'ours')
+TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
+
+DEFAULT_LENGTHS = '1,10,100,500,1000'
+QUICK_LENGTHS = '1,10,100'
+DEFAULT_SIZE = '1G'
+QUICK_SIZE = '256M'
+DEFAULT_RUNTIME = 10
+QUICK_RUNTIME = 4
+DEFAULT_REPEAT = 5
+QUICK_REPEAT = 5
+# A sequential read slower than this is not repeated: its ratio to the
+# other runs is far beyond this machine's noise, and stock's read of a
+# 1000-layer chain takes about ten minutes.
+SLOW_SEQ_S = 60.0
+SEED = 1
+SEQ_BLOCK = 65536
+RAND_BLOCK = '4k'
+RAND_IODEPTH = 16
+OPEN_RUNS = 3
+# Opening a chain of 1000 layers takes stock QEMU ~10 s on an idle machine.
+DAEMON_START_TIMEOUT = 600
+DAEMON_STOP_TIMEOUT = 60
+
+# qemu-io command that exists once sQemu reads through the backing index
+SQEMU_IO_PATH_MARKER = 'sqemu-stats'
+NO_EXTENSION_NOTE = ('note: ours has no sQemu I/O path yet (its qemu-io has '
+                     'no ' + SQEMU_IO_PATH_MARKER + ' command): it reads '
+                     'chains with stock QEMU 7.2 code, so expect ratios '
+                     'near 1.0')
+LEGEND = (
+    'MB/s = 10^6 bytes/s.  RSS = peak resident set size of qemu-img bench '
+    '(seq) and of qemu-storage-daemon (rand).',
+    'vs N=1: the build\'s value / its own value at N=1 (>1 better, '
+    '<1 = slower on the longer chain).',
+    'ours/stock: ours / stock at the same N (MB/s and IOPS: >1 better; '
+    'RSS: <1 better).')
+
+
+class BenchError(Exception):
+    pass
+
+
+def progress(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_lengths(text):
+    try:
+        lengths = sorted({int(n) for n in text.split(',')})
+    except ValueError:
+        lengths = []
+    if not lengths or lengths[0] < 1:
+        raise argparse.ArgumentTypeError(
+            'bad lengths %r (e.g. 1,10,100)' % text)
+    return lengths
+
+
+# Processes.
+#
+# Linux charges a process's peak RSS (ru_maxrss) with the pages of the
+# process that forked it, as they were at exec time, so every child of this
+# Python process would report at least our own peak RSS.  Commands are
+# therefore forked by a small /bin/sh, which prints the command's pid and
+# exits; being child subreaper while it exits, we inherit the command and
+# wait4() it ourselves.  The command waits to start until the shell has
+# exited (a gate on the shell's stdin), so that the shell cannot reap it.
+# Each command runs in a process group of its own, so that on error or
+# interruption the whole group (e.g. mkchain and its qemu-io) can be killed
+# without signalling ourselves.
+
+PR_SET_CHILD_SUBREAPER = 36
+LIBC = ctypes.CDLL(None, use_errno=True)
+LAUNCHER = ('exec 3<&0; { read go <&3; exec "$@" 3<&-; } 2>&1 & '
+            'echo $! >&2')
+
+
+def set_subreaper(on):
+    if LIBC.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_CHILD_SUBREAPER)')
+
+
+class Process:
+    """A command running in its own process group, its stdout and stderr
+    going to a temporary file.  Killed and reaped on leaving a with
+    block.  started is when it was let go."""
+
+    def __init__(self, cmd):
+        self.output = tempfile.TemporaryFile('w+', errors='replace')
+        self.group = self.pid = self.returncode = self.maxrss = None
+        try:
+            self.launch(cmd)
+        except BaseException:
+            self.close()
+            raise
+
+    def launch(self, cmd):
+        set_subreaper(True)
+        try:
+            launcher = subprocess.Popen(['/bin/sh', '-c', LAUNCHER, 'sh',
+                                         *cmd],
+                                        stdin=subprocess.PIPE,
+                                        stdout=self.output,
+                                        stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+            self.group = launcher.pid
+            with launcher.stderr:
+                self.pid = int(launcher.stderr.read())
+            launcher.wait()
+        finally:
+            set_subreaper(False)
+        self.started = time.monotonic()
+        launcher.stdin.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def poll(self, options=0):
+        """wait4() for the command; return its exit code, or None if it is
+        still running (with os.WNOHANG).  Sets maxrss (KiB) once done."""
+        pid, status, usage = os.wait4(self.pid, options)
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.maxrss = usage.ru_maxrss
+        return self.returncode
+
+    def read_output(self):
+        self.output.seek(0)
+        return self.output.read()
+
+    def close(self):
+        """Kill the process group and reap the command, unless reaped."""
+        if self.returncode is None and self.group:
+            try:
+                os.killpg(self.group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self.pid:
+                self.poll()
+        self.output.close()
+
+
+def describe_exit(name, code, output):
+    how = ('exit status %d' % code if code > 0
+           else 'killed by signal %d' % -code)
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return '%s failed (%s)%s' % (name, how,
+                                 ': ' + lines[-1] if lines else '')
+
+
+def execute(cmd):
+    """Run @cmd, its stdout and stderr merged; return its output, wall
+    time in seconds and peak RSS in KiB.  Raise BenchError if it fails."""
+    with Process(cmd) as proc:
+        code = proc.poll()
+        elapsed = time.monotonic() - proc.started
+        output = proc.read_output()
+    if code != 0:
+        raise BenchError(describe_exit(os.path.basename(cmd[0]), code,
+                                       output))
+    return output, elapsed, proc.maxrss
+
+
+# Builds.
+
+def stock_dir():
+    """The directory of Debian's stock QEMU binaries."""
+    try:
+        return subprocess.run([STOCK_QEMU, '--quiet'], check=True,
+                              stdout=subprocess.PIPE, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BenchError('no stock QEMU (%s): see its error above' % e)
+
+
+def find_builds(args):
+    """Map build name -> {tool name -> path}; raise BenchError naming
+    everything that is missing."""
+    stock = args.stock or stock_dir()
+    builds, missing = paths.find_builds((('stock', stock),
+                                         ('ours', args.ours)), TOOLS)
+    if missing:
+        raise BenchError('missing: ' + '; '.join(missing))
+    return builds
+
+
+def describe_build(tools):
+    version = execute([tools['qemu-img'], '--version'])[0]
+    # The I/O path that uses the backing index comes with its qemu-io
+    # counters command (issue 4); the format alone reads like stock QEMU.
+    commands = execute([tools['qemu-io'], '-c', 'help'])[0]
+    return {'binaries': tools,
+            'version': version.splitlines()[0],
+            'sqemu_extension': SQEMU_IO_PATH_MARKER in commands}
+
+
+# Measurements.
+
+def build_chain(args, info, layers, chaindir):
+    tools = info['binaries']
+    cmd = [MKCHAIN, chaindir, '-n', str(layers), '-s', str(args.size),
+           '-c', str(args.cluster_size), '-f', '1.0', '-d', 'uniform',
+           '--seed', str(SEED), '--qemu-img', tools['qemu-img'],
+           '--qemu-io', tools['qemu-io']]
+    options = args.chain_options
+    if info['sqemu_extension']:
+        # Made as a VM makes it: live snapshots, each indexed by L2 copy.
+        # Stock QEMU reads the same chain; it ignores the index.
+        options = ','.join(o for o in (options, 'backing-index=on') if o)
+        cmd += ['--live', '--qemu-storage-daemon',
+                tools['qemu-storage-daemon']]
+    if options:
+        cmd += ['-o', options]
+    output = execute(cmd)[0]
+    sync_files(chaindir)
+    return os.path.abspath(output.strip().splitlines()[-1])
+
+
+def sync_files(directory):
+    """Write the chain back now: an O_DIRECT read of a file with dirty
+    pages first waits for their writeback, which would slow down whichever
+    build reads first."""
+    for name in os.listdir(directory):
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def seq_read(tools, top, size):
+    count = size // SEQ_BLOCK
+    output, _, maxrss = execute([tools['qemu-img'], 'bench', '-f', 'qcow2',
+                                 '-t', 'none', '-d', '1', '-c', str(count),
+                                 '-s', str(SEQ_BLOCK), '-S', str(SEQ_BLOCK),
+                                 top])
+    m = re.search(r'Run completed in ([0-9.]+) seconds', output)
+    if not m:
+        raise BenchError('qemu-img bench printed no completion time')
+    seconds = float(m.group(1))
+    return {'seq_time_s': seconds, 'seq_mbps': size / seconds / 1e6,
+            'seq_rss_kib': maxrss}
+
+
+def read_counters(tools, top, size):
+    """Read the whole disk once through ours' qemu-io and return its
+    sqemu-stats counters: they show whether reads went straight to the
+    layer holding each cluster."""
+    chunk = 64 << 20
+    commands = ['read -q %d %d' % (off, min(chunk, size - off))
+                for off in range(0, size, chunk)]
+    cmd = [tools['qemu-io'], '-r', '-f', 'qcow2', top]
+    for c in commands + ['sqemu-stats']:
+        cmd += ['-c', c]
+    output = execute(cmd)[0]
+    counters = {}
+    for line in output.splitlines():
+        m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
+        if m:
+            value = m.group(2)
+            counters[m.group(1)] = int(value) if value.isdigit() else value
+    if 'direct-access' not in counters:
+        raise BenchError('qemu-io sqemu-stats printed no counters: ' +
+                         output[:200])
+    return counters
+
+
+def start_daemon(qsd, top, rundir):
+    blockdev = {'driver': 'qcow2', 'node-name': 'disk', 'read-only': True,
+                'file': {'driver': 'file', 'filename': top,
+                         'cache': {'direct': True}}}
+    return Process([qsd, '--blockdev', json.dumps(blockdev),
+                    '--nbd-server',
+                    'addr.type=unix,addr.path=' +
+                    os.path.join(rundir, 'nbd.sock'),
+                    '--export', 'type=nbd,id=exp0,node-name=disk,name=disk',
+                    '--pidfile', os.path.join(rundir, 'qsd.pid')])
+
+
+def daemon_failed(daemon):
+    return BenchError(describe_exit('qemu-storage-daemon', daemon.returncode,
+                                    daemon.read_output()))
+
+
+def wait_daemon_ready(daemon, rundir):
+    """The daemon writes its pid file once all its options (block node,
+    NBD server, export) are set up."""
+    pidfile = os.path.join(rundir, 'qsd.pid')
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while not (os.path.exists(pidfile) and os.path.getsize(pidfile)):
+        if daemon.poll(os.WNOHANG) is not None:
+            raise daemon_failed(daemon)
+        if time.monotonic() > deadline:
+            raise BenchError('qemu-storage-daemon not ready after %d s: %s' %
+                             (DAEMON_START_TIMEOUT,
+                              daemon.read_output().strip()))
+        time.sleep(0.05)
+
+
+def stop_daemon(daemon):
+    os.kill(daemon.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DAEMON_STOP_TIMEOUT
+    while daemon.poll(os.WNOHANG) is None:
+        if time.monotonic() > deadline:
+            raise BenchError('qemu-storage-daemon did not exit on SIGTERM')
+        time.sleep(0.05)
+    if daemon.returncode != 0:
+        raise daemon_failed(daemon)
+
+
+def run_fio(sock, runtime):
+    output = execute(['fio', '--name=randread', '--ioengine=nbd',
+                      '--uri=nbd+unix:///disk?socket=' + sock,
+                      '--rw=randread', '--bs=' + RAND_BLOCK,
+                      '--iodepth=%d' % RAND_IODEPTH,
+                      '--runtime=%d' % runtime, '--time_based',
+                      '--output-format=json'])[0]
+    # The nbd engine prints a line of its own before the JSON.
+    m = re.search(r'^\{', output, re.M)
+    try:
+        if not m:
+            raise ValueError('no JSON')
+        job = json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
+    except (ValueError, KeyError, IndexError):
+        raise BenchError('cannot parse fio output: ' + output[:200])
+    if job['error']:
+        raise BenchError('fio job failed with error %d' % job['error'])
+    return job['read']['iops']
+
+
+def rand_read(tools, top, runtime, workdir):
+    rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
+    try:
+        with start_daemon(tools['qemu-storage-daemon'], top,
+                          rundir) as daemon:
+            wait_daemon_ready(daemon, rundir)
+            iops = run_fio(os.path.join(rundir, 'nbd.sock'), runtime)
+            stop_daemon(daemon)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return {'rand_iops': iops, 'qsd_rss_kib': daemon.maxrss}
+
+
+def open_time(tools, top):
+    times = [execute([tools['qemu-io'], '-r', '-f', 'qcow2', '-c', 'quit',
+                      top])[1]
+             for _ in range(OPEN_RUNS)]
+    return {'open_times_s': times, 'open_time_s': statistics.median(times)}
+
+
+def snapshot(tools, top, snap, options):
+    cmd = [tools['qemu-img'], 'create', '-f', 'qcow2', '-b', top,
+           '-F', 'qcow2']
+    if options:
+        cmd += ['-o', options]
+    try:
+        seconds = execute(cmd + [snap])[1]
+        growth = os.stat(snap).st_blocks * 512
+    finally:
+        if os.path.exists(snap):
+            os.unlink(snap)
+    return {'snap_time_s': seconds, 'snap_growth_bytes': growth}
+
+
+def seq_reads(args, builds, tops):
+    """Sequential reads of every chain in @tops (length -> top), --repeat
+    times each, the lengths and the builds alternating; return, per length
+    and build, the median run (by time), with all times."""
+    runs = {(layers, build): [] for layers in tops for build in BUILDS}
+    for i in range(args.repeat):
+        for layers, top in tops.items():
+            for build in BUILDS:
+                done = runs[(layers, build)]
+                if any(r['seq_time_s'] > SLOW_SEQ_S for r in done):
+                    continue
+                progress('N=%d %s: seq read %d/%d...' %
+                         (layers, build, i + 1, args.repeat))
+                done.append(seq_read(builds[build]['binaries'], top,
+                                     args.size))
+    result = {layers: {} for layers in tops}
+    for (layers, build), results in runs.items():
+        times = [r['seq_time_s'] for r in results]
+        results.sort(key=lambda r: r['seq_time_s'])
+        result[layers][build] = dict(results[len(results) // 2],
+                                     seq_times_s=times)
+    return result
+
+
+def measure(args, build, info, layers, top, workdir, seq):
+    tools = info['binaries']
+    label = 'N=%d %s' % (layers, build)
+    row = {'layers': layers, 'build': build, 'loadavg': os.getloadavg()[0]}
+    row.update(seq)
+    progress('%s: rand read (fio %d s)...' % (label, args.runtime))
+    row.update(rand_read(tools, top, args.runtime, workdir))
+    progress('%s: chain open...' % label)
+    row.update(open_time(tools, top))
+    if info['sqemu_extension']:
+        progress('%s: counters...' % label)
+        row['counters'] = read_counters(tools, top, args.size)
+    progress('%s: snapshot...' % label)
+    options = args.chain_options if info['sqemu_extension'] else ''
+    row.update(snapshot(tools, top, os.path.join(workdir, 'snap.qcow2'),
+                        options))
+    return row
+
+
+def run_lengths(args, builds, workdir):
+    """Build every chain first and read them all sequentially, lengths and
+    builds interleaved, so that a change of this machine's speed during
+    the run (seen here: the same read 1.3 s one minute, 1.9 s some minutes
+    later) weighs on every length alike; then the rest, chain by chain."""
+    tops = {}
+    for layers in args.lengths:
+        progress('N=%d: building chain...' % layers)
+        tops[layers] = build_chain(args, builds['ours'], layers,
+                                   os.path.join(workdir, 'chain-%d' % layers))
+    seq = seq_reads(args, builds, tops)
+    rows = []
+    for layers in args.lengths:
+        for build in BUILDS:
+            rows.append(measure(args, build, builds[build], layers,
+                                tops[layers], workdir, seq[layers][build]))
+        if not args.keep:
+            shutil.rmtree(os.path.join(workdir, 'chain-%d' % layers))
+    return rows
+
+
+# Results.
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def add_ratios(rows):
+    by_key = {(r['layers'], r['build']): r for r in rows}
+    for row in rows:
+        base = by_key.get((1, row['build']), {})
+        stock = by_key[(row['layers'], 'stock')]
+        ratios = {'seq_mbps_vs_n1': ratio(row['seq_mbps'],
+                                          base.get('seq_mbps')),
+                  'iops_vs_n1': ratio(row['rand_iops'],
+                                      base.get('rand_iops'))}
+        if row['build'] == 'ours':
+            for key in ('seq_mbps', 'rand_iops', 'seq_rss_kib',
+                        'qsd_rss_kib'):
+                ratios[key + '_vs_stock'] = ratio(row[key], stock[key])
+        row['ratios'] = ratios
+
+
+# (group, heading, width, value of a row, format)
+COLUMNS = (
+    ('', 'N', 5, lambda r: r['layers'], '%d'),
+    ('', 'build', 5, lambda r: r['build'], '%s'),
+    ('seq read', 'time s', 7, lambda r: r['seq_time_s'], '%.2f'),
+    ('seq read', 'MB/s', 7, lambda r: r['seq_mbps'], '%.1f'),
+    ('seq read', 'RSS MiB', 7, lambda r: r['seq_rss_kib'] / 1024, '%.1f'),
+    ('rand 4k', 'IOPS', 8, lambda r: r['rand_iops'], '%.0f'),
+    ('rand 4k', 'RSS MiB', 7, lambda r: r['qsd_rss_kib'] / 1024, '%.1f'),
+    ('open', 'ms', 8, lambda r: r['open_time_s'] * 1000, '%.0f'),
+    ('snapshot', 'ms', 6, lambda r: r['snap_time_s'] * 1000, '%.0f'),
+    ('snapshot', 'KiB', 6, lambda r: r['snap_growth_bytes'] / 1024, '%.0f'),
+    ('vs N=1', 'MB/s', 6, lambda r: r['ratios']['seq_mbps_vs_n1'], '%.2f'),
+    ('vs N=1', 'IOPS', 6, lambda r: r['ratios']['iops_vs_n1'], '%.2f'),
+    ('ours/stock', 'MB/s', 6,
+     lambda r: r['ratios'].get('seq_mbps_vs_stock'), '%.2f'),
+    ('ours/stock', 'IOPS', 6,
+     lambda r: r['ratios'].get('rand_iops_vs_stock'), '%.2f'),
+    ('ours/stock', 'seqRSS', 6,
+     lambda r: r['ratios'].get('seq_rss_kib_vs_stock'), '%.2f'),
+    ('ours/stock', 'qsdRSS', 6,
+     lambda r: r['ratios'].get('qsd_rss_kib_vs_stock'), '%.2f'),
+)
+GAP = '  '
+
+
+def group_header():
+    """One heading centred over each run of columns of the same group."""
+    cells = []
+    i = 0
+    while i < len(COLUMNS):
+        group = COLUMNS[i][0]
+        j = i
+        while j < len(COLUMNS) and COLUMNS[j][0] == group:
+            j += 1
+        width = sum(c[2] for c in COLUMNS[i:j]) + len(GAP) * (j - i - 1)
+        title = ' %s ' % group if group else ''
+        cells.append(title.center(width, '-' if group else ' '))
+        i = j
+    return GAP.join(cells)
+
+
+def format_row(row):
+    cells = []
+    for _, _, width, value, fmt in COLUMNS:
+        v = value(row)
+        cells.append((fmt % v if v is not None else '').rjust(width))
+    return GAP.join(cells)
+
+
+def format_table(rows):
+    lines = [group_header(),
+             GAP.join(c[1].rjust(c[2]) for c in COLUMNS)]
+    for row in rows:
+        if row['build'] == BUILDS[0] and len(lines) > 2:
+            lines.append('')
+        lines.append(format_row(row))
+    return '\n'.join(lines + [''] + list(LEGEND))
+
+
+def format_counters(rows):
+    lines = []
+    for r in rows:
+        c = r.get('counters')
+        if not c:
+            continue
+        lines.append('ours N=%d, one full read: direct access %s, %d direct '
+                     'reads, %d vanilla fallbacks, %d lookups (%d hits, %d '
+                     'misses), %d corrections, %d lower-layer L2 slice reads, '
+                     '%d cache slices' %
+                     (r['layers'], c['direct-access'], c['direct-reads'],
+                      c['vanilla-fallbacks'], c['lookups'], c['hits'],
+                      c['misses'], c['corrections'], c['lower-slice-reads'],
+                      c['cache-slices']))
+    return '\n'.join(lines)
+
+
+def check(name, value, op, target):
+    if value is None:
+        return '  %-58s   n/a' % name
+    met = value >= target if op == '>=' else value <= target
+    return '  %-58s %6.3f  (target %s %.3f: %s)' % (
+        name, value, op, target, 'met' if met else 'NOT met')
+
+
+def format_targets(rows):
+    """The issue's targets, from the longest and the shortest chain."""
+    by_key = {(r['layers'], r['build']): r for r in rows}
+    lo, hi = min(args_lengths(rows)), max(args_lengths(rows))
+    get = by_key.get
+    lines = ['targets (N=%d against N=%d):' % (hi, lo)]
+    o_lo, o_hi = get((lo, 'ours')), get((hi, 'ours'))
+    s_lo, s_hi = get((lo, 'stock')), get((hi, 'stock'))
+    if not (o_lo and o_hi and s_lo and s_hi) or lo == hi:
+        return lines[0] + ' need two lengths'
+    lines.append(check('seq MB/s, ours N=%d / ours N=%d' % (hi, lo),
+                       ratio(o_hi['seq_mbps'], o_lo['seq_mbps']), '>=', 0.90))
+    lines.append(check('seq MB/s, ours N=%d / stock N=%d' % (lo, lo),
+                       ratio(o_lo['seq_mbps'], s_lo['seq_mbps']), '>=', 0.95))
+    lines.append(check('rand IOPS, ours N=%d / ours N=%d' % (hi, lo),
+                       ratio(o_hi['rand_iops'], o_lo['rand_iops']), '>=',
+                       0.85))
+    for key, what in (('seq_rss_kib', 'qemu-img bench'),
+                      ('qsd_rss_kib', 'qemu-storage-daemon')):
+        grow_o = o_hi[key] - o_lo[key]
+        grow_s = s_hi[key] - s_lo[key]
+        lines.append(check('peak RSS growth, %s, ours / stock' % what,
+                           ratio(max(grow_o, 0), grow_s), '<=', 1 / 20))
+    lines.append('  %-58s %6.0f ms ours, %.0f ms stock' %
+                 ('chain open at N=%d' % hi, o_hi['open_time_s'] * 1000,
+                  s_hi['open_time_s'] * 1000))
+    return '\n'.join(lines)
+
+
+def args_lengths(rows):
+    return sorted({r['layers'] for r in rows})
+
+
+def describe_machine():
+    with open('/proc/cpuinfo') as f:
+        cpu = re.search(r'^model name\s*:\s*(.*)$', f.read(), re.M)
+    return {'nproc': os.cpu_count(), 'kernel': os.uname().release,
+            'cpu': cpu.group(1) if cpu else None,
+            'loadavg_start': os.getloadavg()}
+
+
+def parameters(args):
+    return {'lengths': args.lengths, 'size': args.size,
+            'cluster_size': args.cluster_size, 'fill': 1.0,
+            'dist': 'uniform', 'seed': SEED,
+            'seq_block': SEQ_BLOCK, 'seq_queue_depth': 1,
+            'rand_block': RAND_BLOCK, 'rand_iodepth': RAND_IODEPTH,
+            'seq_repeat': args.repeat,
+            'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
+            'chain_options': args.chain_options, 'quick': args.quick}
+
+
+def write_json(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=2)
+        f.write('\n')
+
+
+# (title, ((row key, line style, scale, label suffix), ...))
+PANELS = (
+    ('sequential read, QD1 (MB/s)', (('seq_mbps', '-', 1, ''),)),
+    ('random 4k read, QD16 over NBD (IOPS)',
+     (('rand_iops', '-', 1, ''),)),
+    ('peak RSS (MiB)',
+     (('qsd_rss_kib', '-', 1 / 1024, ' qemu-storage-daemon'),
+      ('seq_rss_kib', '--', 1 / 1024, ' qemu-img bench'))),
+    ('chain open time, qemu-io (ms)', (('open_time_s', '-', 1000, ''),)),
+)
+COLOURS = {'stock': 'tab:blue', 'ours': 'tab:orange'}
+
+
+def write_plot(path, report):
+    # Imported here, so that eval, which loads this file as a module, runs
+    # (without plots) where matplotlib is missing; main() checks for it
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot, ticker
+    rows = report['results']
+    lengths = report['parameters']['lengths']
+    fig, axes = pyplot.subplots(2, 2, figsize=(12, 8))
+    for ax, (title, series) in zip(axes.flat, PANELS):
+        for build in BUILDS:
+            mine = [r for r in rows if r['build'] == build]
+            for key, style, scale, suffix in series:
+                ax.plot([r['layers'] for r in mine],
+                        [r[key] * scale for r in mine], style, marker='o',
+                        color=COLOURS[build], label=build + suffix)
+        ax.set_title(title, fontsize=10)
+        ax.set_xscale('log')
+        ax.set_xticks(lengths)
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel('chain length N (layers)')
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    params = report['parameters']
+    ours = report['builds']['ours']
+    fig.suptitle('sQemu bench: disk %d MiB, cluster %d KiB, %d CPUs, '
+                 'ours %s sQemu extension' %
+                 (params['size'] >> 20, params['cluster_size'] >> 10,
+                  report['machine']['nproc'],
+                  'with' if ours['sqemu_extension'] else 'without'))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot.close(fig)
+
+
+# Driver.
+
+def make_workdir(path):
+    if path is None:
+        return tempfile.mkdtemp(prefix='sqemu-bench-', dir='/var/tmp')
+    try:
+        os.makedirs(path)
+    except FileExistsError:
+        raise BenchError('--workdir %s already exists' % path)
+    return os.path.abspath(path)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Compare stock QEMU and sQemu (ours) on qcow2 backing '
+                    'chains of growing length: sequential and random read '
+                    'performance, peak memory, chain open time and '
+                    'snapshot creation.',
+        epilog='Prints a table; writes raw numbers as JSON and a plot as '
+               'PNG.  Needs fio (apt-get install fio).')
+    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+                        help='directory of the stock build\'s binaries '
+                             '(default: Debian\'s packages, unpacked by '
+                             'scripts/sqemu/stock-qemu)')
+    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+                        help='directory of our build\'s binaries, also '
+                             'searched in DIR/storage-daemon (default '
+                             '%(default)s)')
+    parser.add_argument('--lengths', type=parse_lengths, metavar='N,N,...',
+                        help='chain lengths (default %s; quick: %s)' %
+                             (DEFAULT_LENGTHS, QUICK_LENGTHS))
+    parser.add_argument('--size', type=util.parse_size,
+                        help='virtual disk size (default %s; quick: %s)' %
+                             (DEFAULT_SIZE, QUICK_SIZE))
+    parser.add_argument('--cluster-size', type=util.parse_size, default='64k',
+                        metavar='SIZE',
+                        help='cluster size of the chain (default 64k)')
+    parser.add_argument('--runtime', type=int, metavar='SECONDS',
+                        help='fio run time per measurement (default %d; '
+                             'quick: %d)' % (DEFAULT_RUNTIME, QUICK_RUNTIME))
+    parser.add_argument('--chain-options', default='', metavar='OPTS',
+                        help='qcow2 creation options for the chain (mkchain '
+                             '-o) and, if ours has the sQemu extension, for '
+                             'ours\' snapshots (e.g. backing-index=on)')
+    parser.add_argument('--repeat', type=int, metavar='K',
+                        help='sequential reads per build and length, in '
+                             'rounds that read every length with both '
+                             'builds in turn; the median is reported; '
+                             'a read slower than %d s is not repeated '
+                             '(default %d; quick: %d)' %
+                             (SLOW_SEQ_S, DEFAULT_REPEAT, QUICK_REPEAT))
+    parser.add_argument('--quick', action='store_true',
+                        help='short run: lengths %s, size %s, fio %d s' %
+                             (QUICK_LENGTHS, QUICK_SIZE, QUICK_RUNTIME))
+    parser.add_argument('--workdir', metavar='DIR',
+                        help='new directory for chains and sockets (default '
+                             'a new temporary directory under /var/tmp; '
+                             'it holds every chain at once); removed at the '
+                             'end unless --keep')
+    parser.add_argument('--keep', action='store_true',
+                        help='keep the workdir and its chains')
+    parser.add_argument('--json', default='bench-results/bench.json',
+                        metavar='FILE',
+                        help='raw results (default %(default)s)')
+    parser.add_argument('--plot', default='bench-results/bench.png',
+                        metavar='FILE', help='plot (default %(default)s)')
+    args = parser.parse_args()
+    quick = args.quick
+    if args.lengths is None:
+        args.lengths = parse_lengths(QUICK_LENGTHS if quick
+                                     else DEFAULT_LENGTHS)
+    if args.size is None:
+        args.size = util.parse_size(QUICK_SIZE if quick else DEFAULT_SIZE)
+    if args.runtime is None:
+        args.runtime = QUICK_RUNTIME if quick else DEFAULT_RUNTIME
+    if args.size % SEQ_BLOCK or args.size % args.cluster_size:
+        parser.error('--size must be a multiple of 64k and of '
+                     '--cluster-size')
+    if args.repeat is None:
+        args.repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    if args.runtime < 1:
+        parser.error('--runtime must be at least 1')
+    if args.repeat < 1:
+        parser.error('--repeat must be at least 1')
+    return args
+
+
+def bench(args):
+    started = time.monotonic()
+    builds = {build: describe_build(tools)
+              for build, tools in find_builds(args).items()}
+    if not builds['ours']['sqemu_extension']:
+        progress(NO_EXTENSION_NOTE)
+    report = {'machine': describe_machine(), 'builds': builds,
+              'parameters': parameters(args)}
+    workdir = make_workdir(args.workdir)
+    try:
+        rows = run_lengths(args, builds, workdir)
+    finally:
+        if args.keep:
+            progress('kept %s' % workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    add_ratios(rows)
+    report['machine']['loadavg_end'] = os.getloadavg()
+    report['elapsed_s'] = time.monotonic() - started
+    report['results'] = rows
+    m = report['machine']
+    print('disk %d MiB, cluster %d KiB, fio %s QD%d %d s; %d CPUs, '
+          'kernel %s' % (args.size >> 20, args.cluster_size >> 10,
+                         RAND_BLOCK, RAND_IODEPTH, args.runtime, m['nproc'],
+                         m['kernel']))
+    for build in BUILDS:
+        print('%-5s: %s' % (build, builds[build]['version']))
+    if not builds['ours']['sqemu_extension']:
+        print(NO_EXTENSION_NOTE)
+    print()
+    print(format_table(rows))
+    counters = format_counters(rows)
+    if counters:
+        print()
+        print(counters)
+    print()
+    print(format_targets(rows))
+    write_json(args.json, report)
+    write_plot(args.plot, report)
+    progress('wrote %s and %s in %.0f s' % (args.json, args.plot,
+                                            report['elapsed_s']))
+
+
+def main():
+    args = parse_args()
+    if importlib.util.find_spec('matplotlib') is None:
+        print('bench: error: matplotlib missing, for the plot: apt-get '
+              'install python3-matplotlib (scripts/sqemu/install-deps '
+              'runtime)', file=sys.stderr)
+        return 1
+    util.interrupt_on(signal.SIGTERM, signal.SIGHUP)
+    try:
+        bench(args)
+    except (BenchError, OSError) as e:
+        print('bench: error: %s' % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('bench: interrupted', file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1105 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# stress: check sQemu's I/O path (direct access through the backing index,
+# unified L2 cache, copy-on-write reads) under load and faults, against
+# stock QEMU 7.2 as the reference.
+#
+# It makes one indexed chain the way a VM makes one (mkchain --live -o
+# backing-index=on, ours' tools; the "ours" chain) and a copy of it for
+# stock QEMU (cp --sparse=always, each layer rebased -u onto the copy of the
+# layer below with stock qemu-img; the "stock" chain, whose index stock's
+# read-write opens invalidate, which does not matter to stock).  Stock's
+# read of the copy must equal ours' read of the original.  Disks are read
+# whole into raw files with qemu-img dd, which only reads (stock's qemu-img
+# compare first asks every layer for the block status of every extent:
+# 282 s for the two fresh 500-layer chains of 1 GiB here, against 44 s
+# for stock's dd of one), and compared 4k block by 4k block, so that a
+# mismatch is reported with its offsets.  Then:
+#
+# mixed: one deterministic fio job (nbd engine, 4k randrw 50/50, QD32,
+#   fixed seed and io size, random map on so that each block is touched at
+#   most once, verify=crc32c) runs against ours' qemu-storage-daemon
+#   exporting the ours chain and against stock's exporting the stock chain.
+#   Both must pass fio's verification, issue the same I/O (their
+#   write_iologs), and leave chains that stock reads identically; ours
+#   must read its chain as stock does; ours' daemon must have read
+#   through the index during the load (query-blockstats), ours' qemu-img
+#   check must be clean and a full read through ours' qemu-io must be
+#   direct with no vanilla fallback.  fio puts time stamps
+#   into its verify headers unless latency accounting is off, so the job
+#   runs with disable_lat/clat/slat: the data it writes is then a function
+#   of the seed only.
+#
+# kill: ours' daemon exports the ours chain with writethrough=on (each
+#   acknowledged write is flushed before its reply); fio 4k randwrite QD32
+#   with verify=crc32c writes to it and the daemon gets SIGKILL a few
+#   seconds in.  ours' qemu-img check must then find nothing worse than
+#   leaked clusters; every write fio saw acknowledged must read back intact
+#   through a restarted daemon; no block outside the writes fio issued may
+#   have changed (against the stock chain, equal to the ours chain before
+#   the kill); and ours (qemu-img convert, which also uses block status)
+#   and stock must read the whole disk alike.
+#
+#   Which writes were acknowledged: fio 3.33's verify_state_save /
+#   verify_state_load cannot be relied on for this over a queue depth above
+#   one.  The saved state is the number of writes issued and the offsets
+#   of the last iodepth completions; on load, fio verifies every write
+#   issued before the last iodepth ones without looking (upstream issue
+#   #1950: a write that stalled earlier is assumed complete), and it
+#   decides where that window starts from the count of *completed* verify
+#   reads, so with reads in flight it verifies writes that were never
+#   acknowledged (measured here: 31 of the 32 writes in flight at the kill
+#   at QD32, 7 at QD1), which fail on a correct disk.  So the acknowledged
+#   writes are taken from fio's own completion latency log instead
+#   (write_lat_log with log_offset=1: one line per *successfully*
+#   completed I/O, with its offset), the issued ones from its write_iolog,
+#   and the verification is fio's: verify_only=1 over exactly the issued
+#   writes (same job and seed, io_size = issued writes x 4k, so that fio
+#   regenerates the same writes), with continue_on_error=verify so that it
+#   reports every bad block.  A bad block that was acknowledged fails the
+#   check; one that was not is expected (the write may not have landed).
+#   fio's verify of a write-only job checks each block's header (magic,
+#   offset, length, header CRC) and the CRC32C of its data; a stale block
+#   that fio wrote at the same offset in the mixed phase would pass that,
+#   which is why the comparison with the stock chain also requires every
+#   acknowledged block to differ from its content before the kill.
+#
+# Every check prints a PASS or FAIL line; the last line is the summary.
+# The exit status is non-zero if any check failed or anything went wrong.
+# Everything it creates (chains, raw images, sockets, daemons, fio) is gone
+# when it exits, also on error and on Ctrl-C, unless --keep.
+
+import argparse
+import ctypes
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+from sqemu import paths, util
+from sqemu import qmp as sqemu_qmp
+
+SCRIPT_DIR = paths.SCRIPTS
+REPO_TOP = paths.REPO_TOP
+MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
+DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
+# Debian's stock QEMU, from its packages (scripts/sqemu/stock-qemu; /usr/bin
+# is sQemu's once it is installed)
+STOCK_QEMU = os.path.join(SCRIPT_DIR, 'stock-qemu')
+DEFAULT_STOCK = None
+TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
+PHASES = ('mixed', 'kill')
+
+BLOCK = 4096
+IODEPTH = 32
+CHAIN_SEED = 1
+MIXED_SEED = 20261121
+KILL_SEED = 4242
+READ_CHUNK = 64 << 20
+# sqemu-stats' reason when no read went below the top
+NOTHING_BELOW = 'no read of the backing chain yet'
+# Opening a chain of 1000 layers takes about 12 s; stock reads of a long
+# chain are slow.
+DAEMON_START_TIMEOUT = 600
+DAEMON_STOP_TIMEOUT = 120
+LONG_TIMEOUT = 3600
+# A verify failure as fio 3.33 prints it: "verify: bad magic header ...,
+# wanted acca at file NAME offset 44572672, length 4096 (requested ..."
+# or "crc32c: verify failed at file NAME offset 8192, length 4096 ..."
+FIO_BAD_BLOCK_RE = re.compile(r'\bat file .* offset (\d+), length (\d+)')
+# fio's error number for a verify failure (EILSEQ)
+FIO_VERIFY_ERROR = 84
+
+
+class StressError(Exception):
+    pass
+
+
+def progress(message):
+    print('stress: ' + message, file=sys.stderr, flush=True)
+
+
+def parse_size(text):
+    return util.parse_size(text, '256M, 1G')
+
+
+def human_size(n):
+    for unit, shift in (('GiB', 30), ('MiB', 20), ('KiB', 10)):
+        if n >= 1 << shift and n % (1 << (shift - 4)) == 0:
+            return '%g %s' % (n / (1 << shift), unit)
+    return '%d bytes' % n
+
+
+def tail(text, lines=3):
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return ' | '.join(kept[-lines:])
+
+
+# Processes.  Every child runs in a session (process group) of its own, so
+# that Ctrl-C reaches only us, and on the way out each group still running
+# is killed by its id (mkchain's group holds its daemon and qemu-io).  We
+# are a child subreaper, so that the processes of a group whose leader died
+# first are reparented to us and reaped here.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Processes:
+    def __init__(self):
+        self.children = []
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+    def spawn(self, cmd, **kwargs):
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def run(self, cmd, timeout=LONG_TIMEOUT, cwd=None, merge=True):
+        """Run @cmd; return (exit code, stdout, stderr), stderr merged
+        into stdout (and returned empty) if @merge."""
+        proc = self.spawn(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if merge
+                          else subprocess.PIPE,
+                          text=True, errors='replace')
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            raise StressError('%s did not finish within %d s' %
+                              (os.path.basename(cmd[0]), timeout))
+        finally:
+            self.forget(proc)
+        return proc.returncode, out, err or ''
+
+    def must(self, cmd, **kwargs):
+        """Run @cmd, which must succeed; return its output."""
+        code, out, err = self.run(cmd, **kwargs)
+        if code != 0:
+            raise StressError('%s failed (%s): %s' %
+                              (' '.join(os.path.basename(c) if i == 0 else c
+                                        for i, c in enumerate(cmd[:2])),
+                               describe_status(code), tail(out + err)))
+        return out
+
+    def kill(self, proc):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def forget(self, proc):
+        if proc.poll() is None:
+            self.kill(proc)
+        if proc in self.children:
+            self.children.remove(proc)
+
+    def kill_all(self):
+        for proc in list(self.children):
+            self.forget(proc)
+        # Reap what was reparented to us (all of it was in a group killed
+        # above, so it is dying)
+        deadline = time.monotonic() + 10
+        while self.subreaper and time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.05)
+            except ChildProcessError:
+                break
+
+
+def describe_status(code):
+    return ('exit status %d' % code if code >= 0
+            else 'killed by signal %d' % -code)
+
+
+class Daemon:
+    """A qemu-storage-daemon exporting TOP writable over NBD on a unix
+    socket, with a QMP monitor."""
+
+    def __init__(self, procs, qsd, top, rundir, writethrough=False):
+        self.procs = procs
+        self.rundir = rundir
+        self.nbd = os.path.join(rundir, 'nbd.sock')
+        self.qmp_path = os.path.join(rundir, 'qmp.sock')
+        self.pidfile = os.path.join(rundir, 'qsd.pid')
+        self.logpath = os.path.join(rundir, 'qsd.log')
+        for path in (self.nbd, self.qmp_path, self.pidfile):
+            if os.path.lexists(path):
+                os.unlink(path)
+        blockdev = {'driver': 'qcow2', 'node-name': 'disk',
+                    'file': {'driver': 'file', 'filename': top}}
+        export = 'type=nbd,id=exp0,node-name=disk,name=disk,writable=on'
+        if writethrough:
+            export += ',writethrough=on'
+        self.log = open(self.logpath, 'w+')
+        self.proc = procs.spawn(
+            [qsd, '--blockdev', json.dumps(blockdev),
+             '--chardev', 'socket,id=qmp,path=%s,server=on,wait=off' %
+             self.qmp_path,
+             '--monitor', 'chardev=qmp',
+             '--nbd-server', 'addr.type=unix,addr.path=' + self.nbd,
+             '--export', export, '--pidfile', self.pidfile],
+            stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def uri(self):
+        return 'nbd+unix:///disk?socket=' + self.nbd
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def failed(self):
+        return StressError('qemu-storage-daemon %s: %s' %
+                           (describe_status(self.proc.returncode),
+                            tail(self.output())))
+
+    def wait_ready(self):
+        """The daemon writes its pid file once its block node, NBD server
+        and export are all set up."""
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        while not (os.path.exists(self.pidfile) and
+                   os.path.getsize(self.pidfile)):
+            if self.proc.poll() is not None:
+                raise self.failed()
+            if time.monotonic() > deadline:
+                raise StressError('qemu-storage-daemon not ready after %d s'
+                                  % DAEMON_START_TIMEOUT)
+            time.sleep(0.05)
+
+    def counters(self):
+        """The node's sQemu counters (query-blockstats), or None if it
+        reports none."""
+        qmp = sqemu_qmp.Monitor(self.qmp_path, 30, StressError, 30)
+        try:
+            stats = qmp.cmd('query-blockstats', **{'query-nodes': True})
+        finally:
+            qmp.close()
+        for node in stats:
+            if node.get('node-name') == 'disk':
+                specific = node.get('driver-specific') or {}
+                return specific.get('backing-index')
+        return None
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM; the daemon must exit cleanly."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=DAEMON_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise StressError('qemu-storage-daemon did not exit within '
+                                  '%d s of SIGTERM' % DAEMON_STOP_TIMEOUT)
+        if self.proc.returncode != 0:
+            raise self.failed()
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self):
+        self.procs.forget(self.proc)
+        self.log.close()
+
+
+# fio.
+
+def fio_json(output):
+    """The job of fio's JSON output (the nbd engine prints lines of its
+    own before the JSON)."""
+    m = re.search(r'^\{', output, re.M)
+    try:
+        if not m:
+            raise ValueError('no JSON')
+        return json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
+    except (ValueError, KeyError, IndexError):
+        raise StressError('cannot parse fio output: ' + output[:300])
+
+
+def read_iolog(path):
+    """fio's write_iolog as a list of (action, offset, length) of its reads
+    and writes, in the order they were issued (time and file name left
+    out: they differ between runs)."""
+    ios = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) == 5 and fields[2] in ('read', 'write'):
+                ios.append((fields[2], int(fields[3]), int(fields[4])))
+    return ios
+
+
+def read_completions(pattern):
+    """Offsets of the writes in fio's completion latency log (log_offset=1:
+    time, latency, direction, size, offset[, priority]).  fio logs an I/O
+    there only when it completed without error."""
+    paths = glob.glob(pattern)
+    if len(paths) != 1:
+        raise StressError('expected one fio completion log %s, found %d' %
+                          (pattern, len(paths)))
+    acked = []
+    with open(paths[0]) as f:
+        for line in f:
+            fields = [x.strip() for x in line.split(',')]
+            if len(fields) >= 5 and fields[2] == '1':
+                acked.append(int(fields[4]))
+    return acked
+
+
+def bad_blocks(stderr):
+    return [int(m.group(1)) for m in FIO_BAD_BLOCK_RE.finditer(stderr)]
+
+
+def diff_blocks(path_a, path_b, chunk=4 << 20):
+    """Offsets of the 4k blocks in which two raw images of the same size
+    differ."""
+    diff = []
+    with open(path_a, 'rb') as a, open(path_b, 'rb') as b:
+        off = 0
+        while True:
+            x, y = a.read(chunk), b.read(chunk)
+            if len(x) != len(y):
+                raise StressError('%s and %s differ in size' %
+                                  (path_a, path_b))
+            if not x:
+                return diff
+            if x != y:
+                diff += [off + i for i in range(0, len(x), BLOCK)
+                         if x[i:i + BLOCK] != y[i:i + BLOCK]]
+            off += len(x)
+
+
+def describe_diff(diff):
+    return '%d 4k blocks differ, at offsets %s%s' % (
+        len(diff), ', '.join(str(o) for o in diff[:5]),
+        ', ...' if len(diff) > 5 else '')
+
+
+# The run.
+
+class Stress:
+    def __init__(self, args, procs, workdir):
+        self.args = args
+        self.procs = procs
+        self.workdir = workdir
+        self.results = []
+        self.ours = {t: paths.find_tool(args.ours, t) for t in TOOLS}
+        self.stock = {t: paths.find_tool(args.stock, t) for t in TOOLS}
+        self.ours_top = self.stock_top = None
+        # True while the two chains are known to hold the same content
+        self.chains_equal = False
+
+    def check(self, name, ok, detail):
+        self.results.append((name, ok))
+        print('%s  %-36s %s' % ('PASS' if ok else 'FAIL', name, detail),
+              flush=True)
+        return ok
+
+    def error(self, name, message):
+        self.check(name, False, 'error: ' + message)
+
+    # Setup
+
+    def build_chains(self):
+        args = self.args
+        chaindir = os.path.join(self.workdir, 'ours')
+        progress('making the ours chain: %d layers of %s (mkchain --live '
+                 '-o backing-index=on)...' % (args.layers,
+                                              human_size(args.size)))
+        started = time.monotonic()
+        out = self.procs.must(
+            [MKCHAIN, chaindir, '-n', str(args.layers), '-s', str(args.size),
+             '--seed', str(args.seed), '--live', '-o', 'backing-index=on',
+             '--qemu-img', self.ours['qemu-img'],
+             '--qemu-io', self.ours['qemu-io'],
+             '--qemu-storage-daemon', self.ours['qemu-storage-daemon']])
+        self.ours_top = os.path.abspath(out.strip().splitlines()[-1])
+        made = time.monotonic() - started
+        info = json.loads(self.procs.must(
+            [self.ours['qemu-img'], 'info', '--output=json',
+             self.ours_top]))
+        index = info.get('format-specific', {}).get('data', {}).get(
+            'backing-index', {})
+        progress('made in %.0f s; top %s, backing index %s' %
+                 (made, os.path.basename(self.ours_top), index or 'none'))
+        if not index.get('valid') or index.get('depth') != args.layers:
+            raise StressError('mkchain --live did not make an indexed chain: '
+                              'qemu-img info says %s' % (index or 'no index'))
+        # The stock chain: a copy, rebased onto itself (mkchain --live
+        # writes absolute backing file names).  Only stock tools touch it.
+        progress('copying it for stock (cp --sparse=always, stock '
+                 'qemu-img rebase -u per layer)...')
+        started = time.monotonic()
+        stockdir = os.path.join(self.workdir, 'stock')
+        os.mkdir(stockdir)
+        layers = sorted(glob.glob(os.path.join(chaindir, 'layer-*.qcow2')))
+        if len(layers) != args.layers:
+            raise StressError('expected %d layers in %s, found %d' %
+                              (args.layers, chaindir, len(layers)))
+        self.procs.must(['cp', '--sparse=always', *layers, stockdir])
+        copies = [os.path.join(stockdir, os.path.basename(p))
+                  for p in layers]
+        for below, layer in zip(copies, copies[1:]):
+            self.procs.must([self.stock['qemu-img'], 'rebase', '-u',
+                             '-b', below, '-F', 'qcow2', layer])
+        self.stock_top = copies[-1]
+        progress('copied in %.0f s' % (time.monotonic() - started))
+
+    def read_disk(self, build, top, name, convert=False):
+        """Read the whole disk of the chain @top through @build's qemu-img
+        into the raw file @name in the workdir; return its path and the
+        time it took.  qemu-img dd only reads; qemu-img convert also asks
+        for the block status of every extent and writes only data."""
+        path = os.path.join(self.workdir, name)
+        tools = self.ours if build == 'ours' else self.stock
+        if convert:
+            cmd = [tools['qemu-img'], 'convert', '-f', 'qcow2', '-O', 'raw',
+                   top, path]
+        else:
+            cmd = [tools['qemu-img'], 'dd', '-f', 'qcow2', '-O', 'raw',
+                   'bs=1M', 'if=' + top, 'of=' + path]
+        started = time.monotonic()
+        self.procs.must(cmd)
+        took = time.monotonic() - started
+        if os.path.getsize(path) != self.args.size:
+            raise StressError('%s qemu-img %s of %s made %d bytes, not %d' %
+                              (build, cmd[1], top, os.path.getsize(path),
+                               self.args.size))
+        return path, took
+
+    def check_copy(self):
+        """The stock chain read by stock equals the ours chain read by
+        ours: the copy is right and ours reads a fresh indexed chain
+        right.  If not, stock's read of the ours chain says which one is
+        wrong."""
+        name = 'setup: ours chain = stock copy'
+        progress('reading the stock copy with stock and the ours chain '
+                 'with ours (qemu-img dd)...')
+        stock_raw, t_stock = self.read_disk('stock', self.stock_top,
+                                            'stock-copy.raw')
+        ours_raw, t_ours = self.read_disk('ours', self.ours_top,
+                                          'ours-chain.raw')
+        diff = diff_blocks(stock_raw, ours_raw)
+        try:
+            if not diff:
+                self.chains_equal = True
+                return self.check(name, True, 'identical, whole disk (read '
+                                  'by stock in %.0f s, by ours in %.0f s)' %
+                                  (t_stock, t_ours))
+            progress('they differ: reading the ours chain with stock...')
+            third, _ = self.read_disk('stock', self.ours_top,
+                                      'ours-chain-by-stock.raw')
+            if not diff_blocks(third, stock_raw):
+                culprit = 'stock reads the ours chain like the copy: ours ' \
+                          'misreads its chain'
+            elif not diff_blocks(third, ours_raw):
+                culprit = 'stock reads the ours chain as ours does: the ' \
+                          'copy is wrong'
+            else:
+                culprit = 'stock reads the ours chain unlike both'
+            os.unlink(third)
+            return self.check(name, False, '%s; %s' %
+                              (describe_diff(diff), culprit))
+        finally:
+            os.unlink(stock_raw)
+            os.unlink(ours_raw)
+
+    # Phase 1: the same mixed load through ours and through stock
+
+    def mixed_fio(self, build, daemon, rundir):
+        args = self.args
+        iolog = os.path.join(rundir, 'fio-%s.iolog' % build)
+        started = time.monotonic()
+        code, out, err = self.procs.run(
+            ['fio', '--name=mixed', '--ioengine=nbd', '--uri=' + daemon.uri,
+             '--rw=randrw', '--rwmixread=50', '--bs=%d' % BLOCK,
+             '--iodepth=%d' % IODEPTH, '--randrepeat=1',
+             '--randseed=%d' % MIXED_SEED, '--io_size=%d' % args.io_size,
+             '--verify=crc32c', '--verify_state_save=0',
+             '--disable_lat=1', '--disable_clat=1', '--disable_slat=1',
+             '--write_iolog=' + iolog, '--output-format=json'],
+            cwd=rundir, merge=False)
+        took = time.monotonic() - started
+        name = 'mixed: fio verify, %s' % build
+        if not daemon.alive():
+            raise daemon.failed()
+        job = fio_json(out) if out.lstrip() else {}
+        if code != 0 or job.get('error'):
+            bad = bad_blocks(err)
+            self.check(name, False, 'fio %s, job error %s%s: %s' %
+                       (describe_status(code), job.get('error'),
+                        ', %d bad blocks' % len(bad) if bad else '',
+                        tail(err, 4)))
+            return None
+        ios = read_iolog(iolog)
+        writes = sum(1 for a, _, _ in ios if a == 'write')
+        reads = len(ios) - writes
+        # Reads beyond io_size are fio's verification pass: one per write
+        verify_reads = reads - (args.io_size // BLOCK - writes)
+        ok = writes > 0 and verify_reads == writes
+        self.check(name, ok, '%d writes, %d reads, %d written blocks '
+                   'verified (%d I/Os in %.0f s, %.0f IOPS)' %
+                   (writes, reads - verify_reads, verify_reads, len(ios),
+                    took, len(ios) / took))
+        return ios
+
+    def phase_mixed(self):
+        rundir = os.path.join(self.workdir, 'mixed')
+        os.mkdir(rundir)
+        runs = {}
+        for build, tools, top in (('ours', self.ours, self.ours_top),
+                                  ('stock', self.stock, self.stock_top)):
+            progress('mixed: %s qemu-storage-daemon, fio randrw %s...' %
+                     (build, human_size(self.args.io_size)))
+            daemon = Daemon(self.procs, tools['qemu-storage-daemon'], top,
+                            rundir)
+            try:
+                runs[build] = self.mixed_fio(build, daemon, rundir)
+                if build == 'ours':
+                    self.check_daemon_counters(daemon.counters())
+                daemon.stop()
+            finally:
+                daemon.close()
+        self.chains_equal = False
+        if runs['ours'] is not None and runs['stock'] is not None:
+            same = runs['ours'] == runs['stock']
+            if same:
+                detail = ('%d I/Os, identical (operation, offset, length) '
+                          'sequences' % len(runs['ours']))
+            else:
+                first = next((i for i, (a, b) in
+                              enumerate(zip(runs['ours'], runs['stock']))
+                              if a != b),
+                             min(len(runs['ours']), len(runs['stock'])))
+                detail = ('write_iologs differ at I/O %d: ours %s, stock '
+                          '%s (%d and %d I/Os)' %
+                          (first, runs['ours'][first:first + 1],
+                           runs['stock'][first:first + 1],
+                           len(runs['ours']), len(runs['stock'])))
+            self.check('mixed: same I/O in both runs', same, detail)
+        progress('mixed: reading both final chains with stock (qemu-img '
+                 'dd)...')
+        ours_by_stock, t1 = self.read_disk('stock', self.ours_top,
+                                           'mixed-ours-by-stock.raw')
+        stock_by_stock, t2 = self.read_disk('stock', self.stock_top,
+                                            'mixed-stock-by-stock.raw')
+        diff = diff_blocks(ours_by_stock, stock_by_stock)
+        self.chains_equal = not diff
+        self.check('mixed: final chains identical', not diff,
+                   describe_diff(diff) if diff else
+                   'identical, whole disk (read by stock in %.0f s and '
+                   '%.0f s)' % (t1, t2))
+        # The stock chain's content is the kill phase's "before"
+        if self.chains_equal:
+            os.replace(stock_by_stock, os.path.join(self.workdir,
+                                                    'before.raw'))
+        else:
+            os.unlink(stock_by_stock)
+        progress('mixed: reading the ours chain with ours (qemu-img dd)...')
+        ours_by_ours, t3 = self.read_disk('ours', self.ours_top,
+                                          'mixed-ours-by-ours.raw')
+        diff = diff_blocks(ours_by_ours, ours_by_stock)
+        self.check('mixed: ours reads it as stock does', not diff,
+                   describe_diff(diff) if diff else
+                   'identical, whole disk (read by ours in %.0f s)' % t3)
+        os.unlink(ours_by_ours)
+        os.unlink(ours_by_stock)
+        self.check_image('mixed: qemu-img check (ours)', leaks_ok=False)
+        self.check_full_read('mixed: full read, ours qemu-io')
+
+    def check_daemon_counters(self, c):
+        name = 'mixed: ours reads direct under load'
+        if c is None:
+            self.check(name, False, 'query-blockstats reports no sQemu '
+                       'counters for the node')
+            return
+        ok = (c.get('direct-access') is True and
+              c.get('vanilla-fallbacks') == 0 and c.get('direct-reads', 0) > 0)
+        self.check(name, ok, 'direct-access %s, %s direct reads, %s vanilla '
+                   'fallbacks, %s corrections, %s lower slice reads%s' %
+                   ({True: 'yes', False: 'no'}.get(c.get('direct-access')),
+                    c.get('direct-reads'),
+                    c.get('vanilla-fallbacks'), c.get('corrections'),
+                    c.get('lower-slice-reads'),
+                    '' if ok or not c.get('reason')
+                    else ' (reason: %s)' % c.get('reason')))
+
+    def check_image(self, name, leaks_ok):
+        code, out, err = self.procs.run([self.ours['qemu-img'], 'check',
+                                         '--output=json', self.ours_top],
+                                        merge=False)
+        try:
+            result = json.loads(out)
+        except ValueError:
+            result = None
+        if result is None:
+            return self.check(name, False, '%s: %s' % (describe_status(code),
+                                                       tail(out + err)))
+        corruptions = result.get('corruptions', 0)
+        leaks = result.get('leaks', 0)
+        errors = result.get('check-errors', 0)
+        summary = '%d corruptions, %d leaked clusters, %d check errors' % (
+            corruptions, leaks, errors)
+        if code == 0 and not (corruptions or leaks or errors):
+            return self.check(name, True, 'clean')
+        if (code == 3 and leaks_ok and leaks and not corruptions and
+                not errors):
+            return self.check(name, True, 'exit 3, only leaks: ' + summary)
+        return self.check(name, False, '%s: %s%s' %
+                          (describe_status(code), summary,
+                           ' (%s)' % tail(err) if err.strip() else ''))
+
+    def check_full_read(self, name, top_may_hold_all=False):
+        """Read the whole disk through ours' qemu-io: the reads that go
+        below the top must all go straight to the layer that holds the
+        cluster.  With @top_may_hold_all, a top that holds every cluster
+        (nothing read below, so the chain view is never built) passes."""
+        size = self.args.size
+        cmd = [self.ours['qemu-io'], '-r', '-f', 'qcow2', self.ours_top]
+        for off in range(0, size, READ_CHUNK):
+            cmd += ['-c', 'read -q %d %d' % (off, min(READ_CHUNK,
+                                                      size - off))]
+        cmd += ['-c', 'sqemu-stats']
+        code, out, _ = self.procs.run(cmd)
+        c = {}
+        for line in out.splitlines():
+            m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
+            if m:
+                c[m.group(1)] = m.group(2)
+        ok = (code == 0 and c.get('direct-access') == 'yes' and
+              c.get('vanilla-fallbacks') == '0')
+        nothing_below = (c.get('direct-access') == 'no' and
+                         c.get('reason') == NOTHING_BELOW and
+                         c.get('vanilla-fallbacks') == '0' and
+                         c.get('direct-reads') == '0')
+        if top_may_hold_all and code == 0 and nothing_below:
+            return self.check(name, True, 'the top holds every cluster: '
+                              'nothing read below it, no vanilla fallback')
+        if 'direct-access' not in c:
+            detail = 'no counters (%s): %s' % (describe_status(code),
+                                               tail(out))
+        else:
+            detail = ('direct-access: %s, vanilla-fallbacks: %s, '
+                      'direct-reads: %s, corrections: %s%s' %
+                      (c.get('direct-access'), c.get('vanilla-fallbacks'),
+                       c.get('direct-reads'), c.get('corrections'),
+                       ', reason: ' + c['reason']
+                       if c.get('reason') and not ok else ''))
+            if code != 0:
+                detail += ' (qemu-io %s: %s)' % (describe_status(code),
+                                                 tail(out))
+        return self.check(name, ok, detail)
+
+    # Phase 2: SIGKILL under write load
+
+    def kill_job(self, uri):
+        return ['fio', '--name=kill', '--ioengine=nbd', '--uri=' + uri,
+                '--rw=randwrite', '--bs=%d' % BLOCK,
+                '--iodepth=%d' % IODEPTH, '--randrepeat=1',
+                '--randseed=%d' % KILL_SEED, '--verify=crc32c']
+
+    def phase_kill(self):
+        args = self.args
+        rundir = os.path.join(self.workdir, 'kill')
+        os.mkdir(rundir)
+        # Content of the disk before the kill, read by stock from the stock
+        # chain, when it is known to equal the ours chain
+        reference = os.path.join(self.workdir, 'before.raw')
+        if not self.chains_equal:
+            reference = None
+        elif not os.path.exists(reference):
+            progress('kill: reading the stock chain as the reference '
+                     '(stock qemu-img dd)...')
+            reference = self.read_disk('stock', self.stock_top,
+                                       'before.raw')[0]
+        progress('kill: ours qemu-storage-daemon (writethrough), fio '
+                 'randwrite QD%d, SIGKILL after %g s...' %
+                 (IODEPTH, args.kill_after))
+        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                        self.ours_top, rundir, writethrough=True)
+        try:
+            issued, acked = self.write_and_kill(daemon, rundir)
+        finally:
+            daemon.close()
+        if issued is None:
+            return
+        self.check_image('kill: qemu-img check (ours)', leaks_ok=True)
+        progress('kill: restarting ours\' daemon, fio verify_only over the '
+                 '%d issued writes...' % len(issued))
+        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                        self.ours_top, rundir, writethrough=True)
+        try:
+            self.verify_acked(daemon, rundir, issued, acked)
+            daemon.stop()
+        finally:
+            daemon.close()
+        progress('kill: reading the disk with ours (qemu-img convert)...')
+        after, t_ours = self.read_disk('ours', self.ours_top, 'after.raw',
+                                       convert=True)
+        if reference:
+            self.check_changes(reference, after, issued, acked)
+            os.unlink(reference)
+        else:
+            self.check('kill: only issued blocks changed', False,
+                       'not checked: the chains were not known to be equal '
+                       'before the kill')
+        progress('kill: reading the disk with stock (qemu-img dd)...')
+        by_stock, t_stock = self.read_disk('stock', self.ours_top,
+                                           'after-by-stock.raw')
+        diff = diff_blocks(after, by_stock)
+        self.check('kill: ours and stock read alike', not diff,
+                   describe_diff(diff) if diff else
+                   'identical, whole disk (ours qemu-img convert %.0f s, '
+                   'stock qemu-img dd %.0f s)' % (t_ours, t_stock))
+        os.unlink(after)
+        os.unlink(by_stock)
+        self.check_full_read('kill: full read, ours qemu-io',
+                             top_may_hold_all=True)
+
+    def write_and_kill(self, daemon, rundir):
+        """Run the write job, SIGKILL the daemon under it; return the
+        offsets fio issued (in order) and the set it saw acknowledged."""
+        name = 'kill: SIGKILL under write load'
+        iolog = os.path.join(rundir, 'issued.iolog')
+        out_path = os.path.join(rundir, 'fio-kill.json')
+        err_path = os.path.join(rundir, 'fio-kill.err')
+        with open(out_path, 'w') as out, open(err_path, 'w') as err:
+            fio = self.procs.spawn(
+                self.kill_job(daemon.uri) +
+                ['--io_size=%d' % self.args.size, '--verify_state_save=1',
+                 '--write_iolog=' + iolog, '--write_lat_log=ack',
+                 '--log_offset=1', '--disable_slat=1',
+                 '--output-format=json'],
+                cwd=rundir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=err)
+        try:
+            deadline = time.monotonic() + self.args.kill_after
+            while time.monotonic() < deadline:
+                if fio.poll() is not None or not daemon.alive():
+                    break
+                time.sleep(0.05)
+            if not daemon.alive():
+                raise daemon.failed()
+            if fio.poll() is not None:
+                with open(err_path) as f:
+                    raise StressError('fio ended before the kill (%s): %s' %
+                                      (describe_status(fio.returncode),
+                                       tail(f.read())))
+            daemon.kill9()
+            try:
+                fio.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                raise StressError('fio did not end within 120 s of the '
+                                  'daemon\'s death')
+        finally:
+            self.procs.forget(fio)
+        with open(out_path) as f:
+            job = fio_json(f.read())
+        issued = [off for action, off, _ in read_iolog(iolog)
+                  if action == 'write']
+        acked = read_completions(os.path.join(rundir, 'ack_clat.*.log'))
+        completed = job['write']['io_bytes'] // BLOCK
+        problems = []
+        if fio.returncode == 0 or not job.get('error'):
+            problems.append('fio did not fail (%s, job error %s)' %
+                            (describe_status(fio.returncode),
+                             job.get('error')))
+        if not acked:
+            problems.append('no write was acknowledged before the kill')
+        if len(acked) == len(issued):
+            problems.append('no write was in flight at the kill')
+        if len(issued) * BLOCK >= self.args.size:
+            problems.append('fio had issued all its writes before the kill '
+                            '(lower --kill-after or raise --size)')
+        if len(acked) != completed:
+            problems.append('completion log has %d writes, fio counted %d' %
+                            (len(acked), completed))
+        if len(set(issued)) != len(issued):
+            problems.append('fio issued a block twice')
+        if not set(acked) <= set(issued):
+            problems.append('acknowledged writes fio did not issue')
+        if not os.path.exists(os.path.join(rundir,
+                                           'local-kill-0-verify.state')):
+            problems.append('fio saved no verify state')
+        error = job.get('error') or 0
+        detail = ('daemon killed after %g s: %d writes issued, %d '
+                  'acknowledged, %d in flight; fio then failed as expected '
+                  '(error %d)' % (self.args.kill_after, len(issued),
+                                  len(acked), len(issued) - len(acked),
+                                  error - (1 << 32) if error >= 1 << 31
+                                  else error))
+        if problems:
+            self.check(name, False, '; '.join(problems) + ' (' + detail + ')')
+            return None, None
+        self.check(name, True, detail)
+        return issued, set(acked)
+
+    def verify_acked(self, daemon, rundir, issued, acked):
+        name = 'kill: acknowledged writes intact'
+        vlog = os.path.join(rundir, 'verified.iolog')
+        code, out, err = self.procs.run(
+            self.kill_job(daemon.uri) +
+            ['--io_size=%d' % (len(issued) * BLOCK), '--verify_only=1',
+             '--continue_on_error=verify', '--verify_state_save=0',
+             '--write_iolog=' + vlog, '--output-format=json'],
+            cwd=rundir, merge=False)
+        if not daemon.alive():
+            raise daemon.failed()
+        job = fio_json(out) if out.lstrip() else {}
+        verified = [off for action, off, _ in read_iolog(vlog)
+                    if action == 'read']
+        bad = bad_blocks(err)
+        bad_acked = sorted(set(bad) & acked)
+        problems = []
+        if code != 0 or job.get('error') not in (0, FIO_VERIFY_ERROR):
+            problems.append('fio %s, job error %s: %s' %
+                            (describe_status(code), job.get('error'),
+                             tail(err)))
+        if verified != issued:
+            problems.append('fio verified %d blocks, not the %d issued '
+                            'writes in their order' % (len(verified),
+                                                       len(issued)))
+        if len(set(bad)) != job.get('total_err', 0):
+            problems.append('fio counted %s errors, %d bad blocks parsed: %s'
+                            % (job.get('total_err'), len(set(bad)),
+                               tail(err)))
+        if bad_acked:
+            lines = [ln for ln in err.splitlines()
+                     if FIO_BAD_BLOCK_RE.search(ln) and
+                     int(FIO_BAD_BLOCK_RE.search(ln).group(1)) in acked]
+            problems.append('%d acknowledged writes read back wrong, e.g. %s'
+                            % (len(bad_acked), ' | '.join(lines[:3])))
+        unacked = len(issued) - len(acked)
+        detail = ('%d acknowledged writes verified, %d bad; of the %d '
+                  'unacknowledged, %d read back intact (landed) and %d not' %
+                  (len(acked), len(bad_acked), unacked,
+                   unacked - len(set(bad) - acked),
+                   len(set(bad) - acked)))
+        if problems:
+            return self.check(name, False, '; '.join(problems) +
+                              ' (' + detail + ')')
+        return self.check(name, True, detail)
+
+    def check_changes(self, before, after, issued, acked):
+        """Blocks that differ between the disk before the kill (read by
+        stock from the stock chain) and after it (read by ours): all of
+        them must have been issued, and every acknowledged write must have
+        changed its block."""
+        name = 'kill: only issued blocks changed'
+        issued_set = set(issued)
+        changed = set(diff_blocks(before, after))
+        stray = sorted(changed - issued_set)
+        unchanged_acked = sorted(acked - changed)
+        problems = []
+        if stray:
+            problems.append('%d blocks changed that no write touched, '
+                            'first at offset %d' % (len(stray), stray[0]))
+        if unchanged_acked:
+            problems.append('%d acknowledged writes left their block as it '
+                            'was, first at offset %d' %
+                            (len(unchanged_acked), unchanged_acked[0]))
+        detail = ('%d blocks changed, all written; all %d acknowledged '
+                  'writes changed theirs' % (len(changed), len(acked)))
+        if problems:
+            return self.check(name, False, '; '.join(problems))
+        return self.check(name, True, detail)
+
+    # Driver
+
+    def run(self):
+        phases = self.args.checks
+        started = time.monotonic()
+        try:
+            self.build_chains()
+            self.check_copy()
+        except StressError as e:
+            self.error('setup', str(e))
+            return
+        progress('setup done in %.0f s' % (time.monotonic() - started))
+        for phase, method in (('mixed', self.phase_mixed),
+                              ('kill', self.phase_kill)):
+            if phase not in phases:
+                continue
+            t0 = time.monotonic()
+            try:
+                method()
+            except StressError as e:
+                self.error(phase, str(e))
+            progress('%s done in %.0f s' % (phase, time.monotonic() - t0))
+
+
+def check_requirements(args):
+    _, missing = paths.find_builds((('ours', args.ours),
+                                    ('stock', args.stock)), TOOLS)
+    if missing:
+        raise StressError('missing: ' + '; '.join(missing))
+    ours_io = paths.find_tool(args.ours, 'qemu-io')
+    commands = subprocess.run([ours_io, '-c', 'help'], text=True,
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT).stdout
+    if 'sqemu-stats' not in commands:
+        raise StressError('%s has no sqemu-stats command: not an sQemu '
+                          'build with the I/O path' % ours_io)
+    engines = subprocess.run(['fio', '--enghelp'], text=True,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT).stdout
+    if not re.search(r'^\s*nbd\s*$', engines, re.M):
+        raise StressError('this fio has no nbd engine')
+
+
+def make_workdir(path):
+    if path is None:
+        return tempfile.mkdtemp(prefix='sqemu-stress-', dir='/var/tmp')
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path)
+    except FileExistsError:
+        raise StressError('--workdir %s already exists' % path)
+    return path
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Check sQemu\'s I/O path under load and faults: the '
+                    'same deterministic fio randrw load (nbd engine, '
+                    'verify=crc32c) through ours\' and stock\'s '
+                    'qemu-storage-daemon on an indexed chain and its copy, '
+                    'compared byte for byte ("mixed"); and SIGKILL of ours\' '
+                    'daemon under fio randwrite, then qemu-img check, every '
+                    'acknowledged write verified, and ours and stock '
+                    'reading alike ("kill").',
+        epilog='Prints a PASS or FAIL line per check and a summary; exits '
+               'non-zero if any check fails.  Stock tools: Debian\'s QEMU '
+               '7.2 (qemu-utils, qemu-system-common).  Needs fio with its '
+               'nbd engine.  Everything it creates is removed at the end '
+               '(also on error or Ctrl-C) unless --keep.')
+    parser.add_argument('--layers', '-n', type=int, default=500,
+                        help='chain length (default %(default)s)')
+    parser.add_argument('--size', '-s', type=parse_size, default='1G',
+                        help='virtual disk size (default 1G)')
+    parser.add_argument('--io-size', type=parse_size,
+                        help='bytes of reads and writes of the mixed fio job '
+                             '(random map, so each 4k block is read or '
+                             'written at most once; default a quarter of '
+                             '--size)')
+    parser.add_argument('--kill-after', type=float, default=3.0,
+                        metavar='SECONDS',
+                        help='SIGKILL ours\' daemon this long after fio '
+                             'starts writing (default %(default)s)')
+    parser.add_argument('--checks', default=','.join(PHASES),
+                        metavar='LIST',
+                        help='which phases to run: mixed, kill or both '
+                             '(default %(default)s)')
+    parser.add_argument('--seed', type=int, default=CHAIN_SEED,
+                        help='mkchain seed (default %(default)s)')
+    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+                        help='directory of our build\'s binaries, also '
+                             'searched in DIR/storage-daemon (default '
+                             '%(default)s)')
+    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+                        help='directory of stock binaries (default: '
+                             'Debian\'s packages, unpacked by '
+                             'scripts/sqemu/stock-qemu)')
+    parser.add_argument('--workdir', metavar='DIR',
+                        help='new directory for chains, logs and sockets '
+                             '(default a new temporary directory under '
+                             '/var/tmp); removed at the end unless --keep')
+    parser.add_argument('--keep', action='store_true',
+                        help='keep the workdir (chains, fio logs)')
+    args = parser.parse_args()
+    args.checks = [c.strip() for c in args.checks.split(',') if c.strip()]
+    if not args.checks or set(args.checks) - set(PHASES):
+        parser.error('--checks takes mixed, kill or mixed,kill')
+    if args.layers < 2:
+        parser.error('--layers must be at least 2')
+    if args.size < 1 << 20 or args.size % (64 << 10):
+        parser.error('--size must be a multiple of 64k, at least 1M')
+    if args.io_size is None:
+        args.io_size = args.size // 4
+    if (args.io_size < BLOCK or args.io_size % BLOCK or
+            args.io_size > args.size):
+        parser.error('--io-size must be a multiple of 4k, at most --size')
+    if args.kill_after <= 0:
+        parser.error('--kill-after must be positive')
+    return args
+
+
+def main():
+    args = parse_args()
+    util.interrupt_on(signal.SIGTERM, signal.SIGHUP)
+    started = time.monotonic()
+    procs = Processes()
+    workdir = None
+    stress = None
+    status = 1
+    try:
+        if args.stock is None:
+            found = subprocess.run([STOCK_QEMU, '--quiet'],
+                                   stdout=subprocess.PIPE, text=True)
+            if found.returncode != 0:
+                raise StressError('no stock QEMU: see stock-qemu\'s error '
+                                  'above')
+            args.stock = found.stdout.strip()
+        check_requirements(args)
+        workdir = make_workdir(args.workdir)
+        # Unix socket paths are limited to 107 bytes
+        if len(os.path.join(workdir, 'mixed', 'nbd.sock')) > 100:
+            raise StressError('--workdir path too long for unix sockets')
+        print('sQemu stress: %d layers of %s, mixed io %s, kill after %g s; '
+              'ours %s, stock %s' %
+              (args.layers, human_size(args.size), human_size(args.io_size),
+               args.kill_after, args.ours, args.stock), flush=True)
+        stress = Stress(args, procs, workdir)
+        stress.run()
+        status = 0
+    except StressError as e:
+        print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
+    except KeyboardInterrupt:
+        print('stress: interrupted', file=sys.stderr)
+        status = 130
+    except OSError as e:
+        print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
+    except Exception:
+        traceback.print_exc()
+        print('FAIL  %-36s internal error (traceback above)' % 'stress',
+              flush=True)
+    finally:
+        procs.kill_all()
+        if workdir:
+            if args.keep:
+                progress('kept %s' % workdir)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    results = stress.results if stress else []
+    failed = sum(1 for _, ok in results if not ok)
+    passed = len(results) - failed
+    elapsed = time.monotonic() - started
+    if status == 0 and (failed or not results):
+        status = 1
+    verdict = 'PASS' if status == 0 else 'FAIL'
+    if status == 130:
+        verdict = 'INTERRUPTED'
+    print('%s: %d checks, %d passed, %d failed, in %dm%02ds' %
+          (verdict, len(results), passed, failed, elapsed // 60,
+           elapsed % 60), flush=True)
+    return status

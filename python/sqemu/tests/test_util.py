@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# sqemu.util and sqemu.paths: sizes, percentiles, finding tools.
+
+import argparse
+import os
+
+import pytest
+
+from sqemu import paths, util
+
+
+@pytest.mark.parametrize('text,size', [
+    ('0', 0), ('512', 512), ('64k', 64 << 10), ('64K', 64 << 10),
+    ('256M', 256 << 20), ('1g', 1 << 30), (' 2T ', 2 << 40)])
+def test_parse_size(text, size):
+    assert util.parse_size(text) == size
+
+
+@pytest.mark.parametrize('text', ['', '1.5G', '-1', '1GB', 'G', '1 G', '1P'])
+def test_parse_size_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        util.parse_size(text, '256M, 1G')
+    assert repr(text) in str(e.value) and '256M, 1G' in str(e.value)
+
+
+def test_percentiles():
+    assert util.percentiles([]) == 'no requests'
+    values = [i / 1000 for i in range(1, 101)]      # 1..100 ms, shuffled
+    values = values[50:] + values[:50]
+    assert util.percentiles(values) == \
+        'n=100  median 51.00 ms  p99 100.00 ms  max 100.00 ms'
+
+
+def test_find_tool(tmp_path):
+    (tmp_path / 'storage-daemon').mkdir()
+    img = tmp_path / 'qemu-img'
+    img.write_text('')
+    assert paths.find_tool(str(tmp_path), 'qemu-img') is None  # not +x
+    img.chmod(0o755)
+    qsd = tmp_path / 'storage-daemon' / 'qemu-storage-daemon'
+    qsd.write_text('')
+    qsd.chmod(0o755)
+    assert paths.find_tool(str(tmp_path), 'qemu-img') == str(img)
+    assert paths.find_tool(str(tmp_path), 'qemu-storage-daemon') == str(qsd)
+    assert paths.find_tool(str(tmp_path), 'qemu-io') is None
+
+
+def test_paths_point_into_the_checkout():
+    assert os.path.isfile(os.path.join(paths.REPO_TOP, 'configure'))
+    assert os.path.isfile(paths.script('mkchain'))
+    assert os.path.realpath(paths.__file__) == os.path.join(
+        paths.REPO_TOP, 'python', 'sqemu', 'paths.py')
+
+
+def test_find_builds(tmp_path, monkeypatch):
+    ours = tmp_path / 'ours'
+    ours.mkdir()
+    for tool in ('qemu-img', 'qemu-io'):
+        (ours / tool).write_text('')
+        (ours / tool).chmod(0o755)
+    monkeypatch.setattr(paths.shutil, 'which', lambda name: '/bin/' + name)
+    builds, missing = paths.find_builds(
+        [('ours', str(ours)), ('stock', str(tmp_path / 'none'))],
+        ('qemu-img', 'qemu-io'))
+    assert builds['ours'] == {'qemu-img': str(ours / 'qemu-img'),
+                              'qemu-io': str(ours / 'qemu-io')}
+    assert builds['stock'] == {'qemu-img': None, 'qemu-io': None}
+    assert missing == ['stock qemu-img, qemu-io (looked in %s and its '
+                       'storage-daemon/)' % (tmp_path / 'none')]
+    monkeypatch.setattr(paths.shutil, 'which', lambda name: None)
+    assert paths.find_builds([], ())[1] == ['fio (apt-get install fio)']

@@ -1,0 +1,54 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Small pure helpers that several commands share: sizes on the command
+# line, percentiles of latencies.
+
+import argparse
+import re
+import signal
+import sys
+
+
+def parse_size(text, example='512M, 1G'):
+    """Bytes of a size as the commands take it: a number with an optional
+    binary suffix k, M, G or T (either case); an argparse error otherwise,
+    with @example in it"""
+    m = re.fullmatch(r'(\d+)([kKmMgGtT]?)', text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError('bad size %r (e.g. %s)' %
+                                         (text, example))
+    shift = {'': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40}[m.group(2).lower()]
+    return int(m.group(1)) << shift
+
+
+def percentiles(values):
+    """'n=.. median .. p99 .. max ..' of @values in seconds, shown in ms"""
+    if not values:
+        return 'no requests'
+    v = sorted(values)
+    return 'n=%d  median %.2f ms  p99 %.2f ms  max %.2f ms' % (
+        len(v), v[len(v) // 2] * 1e3, v[int(len(v) * 0.99)] * 1e3,
+        v[-1] * 1e3)
+
+
+def _exit(signum, _frame):
+    sys.exit(128 + signum)
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def exit_on(*signums):
+    """Make each of @signums unwind the command as sys.exit(128 + signum)
+    does, so that its finally clauses remove what it made and stop what it
+    started"""
+    for signum in signums:
+        signal.signal(signum, _exit)
+
+
+def interrupt_on(*signums):
+    """Make each of @signums unwind the command as Ctrl-C does (it reports
+    "interrupted" and cleans up)"""
+    for signum in signums:
+        signal.signal(signum, _interrupt)
