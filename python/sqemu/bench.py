@@ -652,7 +652,7 @@ COLOURS = {'stock': 'tab:blue', 'ours': 'tab:orange'}
 
 
 def write_plot(path, report):
-    # Imported here, so that eval, which loads this file as a module, runs
+    # Imported here, so that eval, which imports this module, runs
     # (without plots) where matplotlib is missing; main() checks for it
     import matplotlib
     matplotlib.use('Agg')
