@@ -91,11 +91,10 @@ def progress(text):
 
 
 def stock_dir():
-    out = subprocess.run([os.path.join(SCRIPT_DIR, 'stock-qemu')],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise PauseError('stock-qemu failed: ' + out.stderr.strip())
-    return out.stdout.strip().splitlines()[-1]
+    found = paths.stock_dir()
+    if not found:
+        raise PauseError('no stock QEMU: see stock-qemu\'s error above')
+    return found
 
 
 class Client(threading.Thread):

@@ -39,7 +39,6 @@ REPO_TOP = paths.REPO_TOP
 MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
 # Debian's stock QEMU comes from its packages (scripts/sqemu/stock-qemu):
 # /usr/bin is sQemu's once sQemu's packages are installed
-STOCK_QEMU = os.path.join(SCRIPT_DIR, 'stock-qemu')
 DEFAULT_STOCK = None
 DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
 BUILDS = ('stock', 'ours')
@@ -212,11 +211,10 @@ def execute(cmd):
 
 def stock_dir():
     """The directory of Debian's stock QEMU binaries."""
-    try:
-        return subprocess.run([STOCK_QEMU, '--quiet'], check=True,
-                              stdout=subprocess.PIPE, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise BenchError('no stock QEMU (%s): see its error above' % e)
+    found = paths.stock_dir()
+    if not found:
+        raise BenchError('no stock QEMU: see stock-qemu\'s error above')
+    return found
 
 
 def find_builds(args):

@@ -6,6 +6,7 @@
 
 import os
 import shutil
+import subprocess
 import sys
 
 # python/sqemu/paths.py -> the checkout
@@ -60,3 +61,16 @@ def find_builds(directories, tools):
     if not shutil.which('fio'):
         missing.append('fio (apt-get install fio)')
     return builds, missing
+
+
+def stock_dir():
+    """The directory of Debian's stock QEMU binaries, which stock-qemu
+    unpacks from Debian's packages (the baseline); None if it failed, in
+    which case stock-qemu said why on stderr"""
+    try:
+        out = subprocess.run([script('stock-qemu'), '--quiet'],
+                             stdout=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+    found = out.stdout.strip()
+    return found if out.returncode == 0 and found else None

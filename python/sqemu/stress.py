@@ -92,7 +92,6 @@ MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
 DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
 # Debian's stock QEMU, from its packages (scripts/sqemu/stock-qemu; /usr/bin
 # is sQemu's once it is installed)
-STOCK_QEMU = os.path.join(SCRIPT_DIR, 'stock-qemu')
 DEFAULT_STOCK = None
 TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
 PHASES = ('mixed', 'kill')
@@ -1054,12 +1053,10 @@ def main():
     status = 1
     try:
         if args.stock is None:
-            found = subprocess.run([STOCK_QEMU, '--quiet'],
-                                   stdout=subprocess.PIPE, text=True)
-            if found.returncode != 0:
+            args.stock = paths.stock_dir()
+            if not args.stock:
                 raise StressError('no stock QEMU: see stock-qemu\'s error '
                                   'above')
-            args.stock = found.stdout.strip()
         check_requirements(args)
         workdir = make_workdir(args.workdir)
         # Unix socket paths are limited to 107 bytes

@@ -38,7 +38,6 @@ from sqemu import qmp as sqemu_qmp
 
 # Default: Debian's stock qemu-system-x86_64, from its packages
 # (scripts/sqemu/stock-qemu; /usr/bin is sQemu's once it is installed)
-STOCK_QEMU = Path(paths.SCRIPTS) / "stock-qemu"
 DEFAULT_GUEST_DIR = Path("build/guest")
 MKGUEST = Path(paths.SCRIPTS) / "mkguest"
 MKIMAGE = Path(paths.SCRIPTS) / "mkimage"
@@ -726,11 +725,10 @@ def parse_args():
         args.guest_dir = (DEFAULT_GUEST_DIR if args.guest == "initramfs"
                           else DEFAULT_DEBIAN_DIR)
     if args.qemu is None:
-        stock = subprocess.run([str(STOCK_QEMU), "--quiet"],
-                               stdout=subprocess.PIPE, text=True)
-        if stock.returncode != 0:
+        stock = paths.stock_dir()
+        if not stock:
             parser.error("no stock QEMU: see stock-qemu's error above")
-        args.qemu = os.path.join(stock.stdout.strip(), "qemu-system-x86_64")
+        args.qemu = os.path.join(stock, "qemu-system-x86_64")
     # Absolute, for QEMU may run elsewhere (qemu_cwd)
     if os.sep in args.qemu:
         args.qemu = os.path.abspath(args.qemu)
