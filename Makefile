@@ -38,6 +38,7 @@ check: configure
 
 # the Python package's unit tests and flake8 (no build needed)
 check-python: configure
+	$(TOP)/scripts/sqemu/install-deps python
 	$(TOP)/scripts/sqemu/run-tests --no-build --only python
 
 check-unit: all
