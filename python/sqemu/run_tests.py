@@ -173,6 +173,21 @@ def run_unit_tests(tally):
         tally.add('unit', 'meson test', 'fail')
 
 
+def parse_result(line):
+    """(test, status, reason) of a result line of the iotests runner,
+    the reason only for "not run"; None for any other line"""
+    # The runner rewrites a test's line in place with a carriage return
+    last = line.split('\r')[-1]
+    m = RESULT_RE.match(last)
+    if not m:
+        return None
+    why = None
+    if m.group(2) == 'not run':
+        r = NOTRUN_REASON_RE.search(last)
+        why = r.group(1) if r else 'no reason given'
+    return m.group(1), m.group(2), why
+
+
 def run_iotests(args, env=None, reasons=None):
     """Run upstream's iotests runner; return {test: status}.  The reason of
     each "not run" goes into @reasons ({test: reason}) when given."""
@@ -187,14 +202,12 @@ def run_iotests(args, env=None, reasons=None):
     results = {}
     for line in proc.stdout:
         sys.stdout.write(line)
-        # The runner rewrites a test's line in place with a carriage return
-        last = line.split('\r')[-1]
-        m = RESULT_RE.match(last)
-        if m:
-            results[m.group(1)] = m.group(2)
-            if m.group(2) == 'not run' and reasons is not None:
-                r = NOTRUN_REASON_RE.search(last)
-                reasons[m.group(1)] = r.group(1) if r else 'no reason given'
+        result = parse_result(line)
+        if result:
+            test, status, why = result
+            results[test] = status
+            if why and reasons is not None:
+                reasons[test] = why
     proc.wait()
     if not results:
         results['./check ' + ' '.join(args)] = 'fail'

@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# sqemu.run_tests (make check): reading the runner's result lines, the
+# lists of known failures, and how results are counted.
+
+import pytest
+
+from sqemu import run_tests
+
+
+def test_parse_result():
+    assert run_tests.parse_result(
+        'tests/sqemu-chain  pass       [00:01:02] [00:01:09]   7.1s\n') == \
+        ('tests/sqemu-chain', 'pass', None)
+    # rewritten in place: only the text after the last carriage return
+    assert run_tests.parse_result(
+        '040  ...  [00:00:01]\r040  fail  [00:00:01] [00:00:09]  8s\n') == \
+        ('040', 'fail', None)
+    assert run_tests.parse_result(
+        '307  not run    [00:01:02] [00:01:02]   ...   not suitable for '
+        'this image format: qcow2\n') == \
+        ('307', 'not run', 'not suitable for this image format: qcow2')
+    assert run_tests.parse_result('307  not run\n') == \
+        ('307', 'not run', 'no reason given')
+    assert run_tests.parse_result('QEMU  -- "/x/qemu-system-x86_64"\n') \
+        is None
+    assert run_tests.parse_result('\n') is None
+
+
+def test_read_test_list(tmp_path):
+    listed = tmp_path / 'list'
+    listed.write_text('# comment\n\n232 refuses to run as root\n'
+                      '188 CPU time  # in ticks\n')
+    assert run_tests.read_test_list(str(listed)) == {
+        '232': 'refuses to run as root', '188': 'CPU time'}
+    listed.write_text('162\n')
+    with pytest.raises(SystemExit):
+        run_tests.read_test_list(str(listed))
+
+
+def test_tally_iotests():
+    tally = run_tests.Tally()
+    results = {'001': 'pass', '002': 'fail', '003': 'fail', '004': 'fail',
+               '005': 'not run', '006': 'not run'}
+    reasons = {'005': 'not suitable for this image format: raw',
+               '006': 'needs root'}
+    run_tests.tally_iotests(tally, 'up', results, {'002': 'environment'},
+                            {'003': 'refused with the index'},
+                            reasons=reasons)
+    assert (tally.passed, tally.failed, tally.skipped) == (1, 1, 4)
+    assert tally.failures == ['up: 004']
+    assert tally.uncounted['up'] == {
+        'known failure': ['002'],
+        'excluded with -o backing-index=on': ['003'],
+        'not run: needs root': ['006']}
+
+
+def test_own_tests_must_run():
+    tally = run_tests.Tally()
+    run_tests.tally_iotests(tally, 'own', {'sqemu-x': 'not run'}, {},
+                            reasons={'sqemu-x': 'not suitable for this'},
+                            own=True)
+    assert tally.failures == ['own: sqemu-x']
