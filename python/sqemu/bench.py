@@ -187,8 +187,7 @@ class Process:
 
 
 def describe_exit(name, code, output):
-    how = ('exit status %d' % code if code > 0
-           else 'killed by signal %d' % -code)
+    how = util.describe_status(code)
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     return '%s failed (%s)%s' % (name, how,
                                  ': ' + lines[-1] if lines else '')

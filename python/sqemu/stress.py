@@ -136,11 +136,6 @@ def human_size(n):
     return '%d bytes' % n
 
 
-def tail(text, lines=3):
-    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return ' | '.join(kept[-lines:])
-
-
 # Processes.  Every child runs in a session (process group) of its own, so
 # that Ctrl-C reaches only us, and on the way out each group still running
 # is killed by its id (mkchain's group holds its daemon and qemu-io).  We
@@ -186,7 +181,8 @@ class Processes:
             raise StressError('%s failed (%s): %s' %
                               (' '.join(os.path.basename(c) if i == 0 else c
                                         for i, c in enumerate(cmd[:2])),
-                               describe_status(code), tail(out + err)))
+                               util.describe_status(code),
+                               util.tail(out + err)))
         return out
 
     def kill(self, proc):
@@ -215,11 +211,6 @@ class Processes:
                     time.sleep(0.05)
             except ChildProcessError:
                 break
-
-
-def describe_status(code):
-    return ('exit status %d' % code if code >= 0
-            else 'killed by signal %d' % -code)
 
 
 class Daemon:
@@ -267,8 +258,8 @@ class Daemon:
 
     def failed(self):
         return StressError('qemu-storage-daemon %s: %s' %
-                           (describe_status(self.proc.returncode),
-                            tail(self.output())))
+                           (util.describe_status(self.proc.returncode),
+                            util.tail(self.output())))
 
     def wait_ready(self):
         """The daemon writes its pid file once its block node, NBD server
@@ -546,9 +537,9 @@ class Stress:
         if code != 0 or job.get('error'):
             bad = bad_blocks(err)
             self.check(name, False, 'fio %s, job error %s%s: %s' %
-                       (describe_status(code), job.get('error'),
+                       (util.describe_status(code), job.get('error'),
                         ', %d bad blocks' % len(bad) if bad else '',
-                        tail(err, 4)))
+                        util.tail(err, 4)))
             return None
         ios = read_iolog(iolog)
         writes = sum(1 for a, _, _ in ios if a == 'write')
@@ -652,8 +643,8 @@ class Stress:
         except ValueError:
             result = None
         if result is None:
-            return self.check(name, False, '%s: %s' % (describe_status(code),
-                                                       tail(out + err)))
+            return self.check(name, False, '%s: %s' % (
+                util.describe_status(code), util.tail(out + err)))
         corruptions = result.get('corruptions', 0)
         leaks = result.get('leaks', 0)
         errors = result.get('check-errors', 0)
@@ -665,8 +656,8 @@ class Stress:
                 not errors):
             return self.check(name, True, 'exit 3, only leaks: ' + summary)
         return self.check(name, False, '%s: %s%s' %
-                          (describe_status(code), summary,
-                           ' (%s)' % tail(err) if err.strip() else ''))
+                          (util.describe_status(code), summary,
+                           ' (%s)' % util.tail(err) if err.strip() else ''))
 
     def check_full_read(self, name, top_may_hold_all=False):
         """Read the whole disk through ours' qemu-io: the reads that go
@@ -695,8 +686,8 @@ class Stress:
             return self.check(name, True, 'the top holds every cluster: '
                               'nothing read below it, no vanilla fallback')
         if 'direct-access' not in c:
-            detail = 'no counters (%s): %s' % (describe_status(code),
-                                               tail(out))
+            detail = 'no counters (%s): %s' % (util.describe_status(code),
+                                               util.tail(out))
         else:
             detail = ('direct-access: %s, vanilla-fallbacks: %s, '
                       'direct-reads: %s, corrections: %s%s' %
@@ -705,8 +696,8 @@ class Stress:
                        ', reason: ' + c['reason']
                        if c.get('reason') and not ok else ''))
             if code != 0:
-                detail += ' (qemu-io %s: %s)' % (describe_status(code),
-                                                 tail(out))
+                detail += ' (qemu-io %s: %s)' % (util.describe_status(code),
+                                                 util.tail(out))
         return self.check(name, ok, detail)
 
     # Phase 2: SIGKILL under write load
@@ -802,8 +793,8 @@ class Stress:
             if fio.poll() is not None:
                 with open(err_path) as f:
                     raise StressError('fio ended before the kill (%s): %s' %
-                                      (describe_status(fio.returncode),
-                                       tail(f.read())))
+                                      (util.describe_status(fio.returncode),
+                                       util.tail(f.read())))
             daemon.kill9()
             try:
                 fio.wait(timeout=120)
@@ -821,7 +812,7 @@ class Stress:
         problems = []
         if fio.returncode == 0 or not job.get('error'):
             problems.append('fio did not fail (%s, job error %s)' %
-                            (describe_status(fio.returncode),
+                            (util.describe_status(fio.returncode),
                              job.get('error')))
         if not acked:
             problems.append('no write was acknowledged before the kill')
@@ -872,8 +863,8 @@ class Stress:
         problems = []
         if code != 0 or job.get('error') not in (0, FIO_VERIFY_ERROR):
             problems.append('fio %s, job error %s: %s' %
-                            (describe_status(code), job.get('error'),
-                             tail(err)))
+                            (util.describe_status(code), job.get('error'),
+                             util.tail(err)))
         if verified != issued:
             problems.append('fio verified %d blocks, not the %d issued '
                             'writes in their order' % (len(verified),
@@ -881,7 +872,7 @@ class Stress:
         if len(set(bad)) != job.get('total_err', 0):
             problems.append('fio counted %s errors, %d bad blocks parsed: %s'
                             % (job.get('total_err'), len(set(bad)),
-                               tail(err)))
+                               util.tail(err)))
         if bad_acked:
             lines = [ln for ln in err.splitlines()
                      if FIO_BAD_BLOCK_RE.search(ln) and

@@ -21,6 +21,19 @@ def parse_size(text, example='512M, 1G'):
     return int(m.group(1)) << shift
 
 
+def describe_status(code):
+    """A child's end as subprocess gives it (a negative code: the
+    signal that killed it), in words"""
+    return ('exit status %d' % code if code >= 0
+            else 'killed by signal %d' % -code)
+
+
+def tail(text, lines=3):
+    """The last @lines non-empty lines of @text, stripped, on one line"""
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return ' | '.join(kept[-lines:])
+
+
 def percentiles(values):
     """'n=.. median .. p99 .. max ..' of @values in seconds, shown in ms"""
     if not values:

@@ -16,11 +16,6 @@ def test_human_size():
     assert stress.human_size(1000) == '1000 bytes'
 
 
-def test_tail():
-    assert stress.tail('a\n\n b \nc\nd\n') == 'b | c | d'
-    assert stress.tail('') == ''
-
-
 def test_fio_json():
     out = 'nbd: connected\nnote: x\n{"jobs": [{"jobname": "j"}]}\ntrailer'
     assert stress.fio_json(out) == {'jobname': 'j'}

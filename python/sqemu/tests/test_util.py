@@ -70,3 +70,15 @@ def test_find_builds(tmp_path, monkeypatch):
                        'storage-daemon/)' % (tmp_path / 'none')]
     monkeypatch.setattr(paths.shutil, 'which', lambda name: None)
     assert paths.find_builds([], ())[1] == ['fio (apt-get install fio)']
+
+
+def test_tail():
+    assert util.tail('a\n\n b \nc\nd\n') == 'b | c | d'
+    assert util.tail('a\nb\n', 1) == 'b'
+    assert util.tail('') == ''
+
+
+def test_describe_status():
+    assert util.describe_status(0) == 'exit status 0'
+    assert util.describe_status(2) == 'exit status 2'
+    assert util.describe_status(-9) == 'killed by signal 9'
