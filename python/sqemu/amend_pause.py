@@ -125,6 +125,16 @@ class Client(threading.Thread):
         except Exception as e:      # reported by the caller
             self.error = e
 
+    def finish(self, phase):
+        """Go on for @phase seconds, then stop; when it stopped"""
+        time.sleep(phase)
+        t2 = time.monotonic()
+        self.stop = True
+        self.join()
+        if self.error:
+            raise PauseError('the NBD client failed: %s' % self.error)
+        return t2
+
     def phase(self, t0, t1):
         return [lat for start, lat in self.samples if t0 <= start < t1]
 
@@ -490,12 +500,7 @@ def stream_compare(args, work):
                 'device': 'top', 'base': os.path.join(
                     chain, 'layer-%04d.qcow2' % base_depth)})
             t1 = time.monotonic()
-            time.sleep(args.phase)
-            t2 = time.monotonic()
-            client.stop = True
-            client.join()
-            if client.error:
-                raise PauseError('the NBD client failed: %s' % client.error)
+            t2 = client.finish(args.phase)
             qmp.close()
         finally:
             stop_daemon(qsd)
@@ -581,12 +586,7 @@ def measure(args, work):
         else:
             t0, t1 = amend(args, qmp)
         progress('reading for %g s after the job' % args.phase)
-        time.sleep(args.phase)
-        t2 = time.monotonic()
-        client.stop = True
-        client.join()
-        if client.error:
-            raise PauseError('the NBD client failed: %s' % client.error)
+        t2 = client.finish(args.phase)
         # Whether the running top's chain validates, as QEMU has it (after
         # blockdev-reopen, the header names another backing file)
         bi = exported_chain(qmp)
