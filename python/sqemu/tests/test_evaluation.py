@@ -1,22 +1,22 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.evaluation (eval): the report's tables, its targets and its noise
-# figure, and the cache options given to each build.
+# sqemu.evaluation (eval) and evaluation_report: the report's tables, its
+# targets and its noise figure, and the cache options given to each build.
 
-from sqemu import evaluation
+from sqemu import evaluation, evaluation_report
 
 
 def test_md_table():
-    assert evaluation.md_table(['a', 'b'], [[1, None], ['x', 2.5]]) == (
+    assert evaluation_report.md_table(['a', 'b'], [[1, None], ['x', 2.5]]) == (
         '| a | b |\n|---|---|\n| 1 | None |\n| x | 2.5 |')
 
 
 def test_fmt_and_mib():
-    assert evaluation.fmt(None, '.1f') == '-'
-    assert evaluation.fmt(1.25, '.1f') == '1.2'
-    assert evaluation.mib(2048) == '2.0'
-    assert evaluation.mib(None) == '-'
-    assert evaluation.mib(0) == '0.0'
+    assert evaluation_report.fmt(None, '.1f') == '-'
+    assert evaluation_report.fmt(1.25, '.1f') == '1.2'
+    assert evaluation_report.mib(2048) == '2.0'
+    assert evaluation_report.mib(None) == '-'
+    assert evaluation_report.mib(0) == '0.0'
 
 
 def test_cache_options():
@@ -47,7 +47,7 @@ def test_target_values_dd():
     for key in ('snapshot', 'boot', 'memory', 'counters', 'cache',
                 'rocksdb', 'livesnap'):
         report.setdefault(key, [])
-    values = evaluation.target_values(report)
+    values = evaluation_report.target_values(report)
     assert values['dd_ratio'] == 0.95
     assert values['memory_ratio'] == 5.0
 
@@ -58,15 +58,15 @@ def test_target_values_need_both_lengths():
     for key in ('snapshot', 'boot', 'memory', 'counters', 'cache',
                 'rocksdb', 'livesnap'):
         report.setdefault(key, [])
-    assert 'dd_ratio' not in evaluation.target_values(report)
+    assert 'dd_ratio' not in evaluation_report.target_values(report)
 
 
 def test_repeat_spread():
-    field = evaluation.NOISY['dd']
+    field = evaluation_report.NOISY['dd']
     report = {'dd': [{'build': 'ours', 'layers': 1, field: [10.0, 12.0]},
                      {'build': 'ours', 'layers': 1000, field: [9.0, 9.9]},
                      {'build': 'stock', 'layers': 1, field: [1.0, 50.0]},
                      {'build': 'ours', 'layers': 10, field: [1.0, 50.0]}]}
-    assert abs(evaluation.repeat_spread(report, 'dd') - 1.2) < 1e-9
+    assert abs(evaluation_report.repeat_spread(report, 'dd') - 1.2) < 1e-9
     report['dd'] = [{'build': 'ours', 'layers': 1, field: [10.0]}]
-    assert evaluation.repeat_spread(report, 'dd') is None
+    assert evaluation_report.repeat_spread(report, 'dd') is None
