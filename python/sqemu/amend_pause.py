@@ -31,6 +31,7 @@ import threading
 import time
 
 from sqemu import paths, util
+from sqemu.qsd import command as qsd_command
 
 SCRIPT_DIR = paths.SCRIPTS
 REPO_TOP = paths.REPO_TOP
@@ -422,13 +423,9 @@ def start_daemon(binary, node, work, trace_args=()):
                '-blockdev', json.dumps(node), *trace_args]
         ready = qmp_sock
     else:
-        cmd = [binary,
-               '--chardev', 'socket,id=m,path=%s,server=on,wait=off' %
-               qmp_sock, '--monitor', 'chardev=m',
-               '--blockdev', json.dumps(node), *trace_args,
-               '--nbd-server', 'addr.type=unix,addr.path=' + nbd_sock,
-               '--export',
-               'type=nbd,id=e,node-name=top,name=top,writable=on']
+        cmd = qsd_command(binary, node, nbd_sock, qmp_sock,
+                          export_name='top', writable=True,
+                          extra=trace_args)
         ready = nbd_sock
     qsd = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     try:

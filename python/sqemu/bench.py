@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from sqemu import paths, util
+from sqemu.qsd import command as qsd_command
 
 SCRIPT_DIR = paths.SCRIPTS
 REPO_TOP = paths.REPO_TOP
@@ -312,12 +313,9 @@ def start_daemon(qsd, top, rundir):
     blockdev = {'driver': 'qcow2', 'node-name': 'disk', 'read-only': True,
                 'file': {'driver': 'file', 'filename': top,
                          'cache': {'direct': True}}}
-    return Process([qsd, '--blockdev', json.dumps(blockdev),
-                    '--nbd-server',
-                    'addr.type=unix,addr.path=' +
-                    os.path.join(rundir, 'nbd.sock'),
-                    '--export', 'type=nbd,id=exp0,node-name=disk,name=disk',
-                    '--pidfile', os.path.join(rundir, 'qsd.pid')])
+    return Process(qsd_command(qsd, blockdev,
+                               os.path.join(rundir, 'nbd.sock'),
+                               pidfile=os.path.join(rundir, 'qsd.pid')))
 
 
 def daemon_failed(daemon):

@@ -36,6 +36,7 @@ import tempfile
 
 from sqemu import qmp as sqemu_qmp
 from sqemu import util
+from sqemu.qsd import command as qsd_command
 
 LANES = 8
 MANIFEST = 'chain.json'
@@ -222,12 +223,8 @@ def create_live(args, outdir, where, tmp):
     # nobody reads until it exits (it would block once the pipe is full)
     log = open(os.path.join(tmp, 'qsd.log'), 'w+')
     daemon = subprocess.Popen(
-        [args.qemu_storage_daemon, '--blockdev', json.dumps(blockdev),
-         '--chardev', 'socket,id=qmp,path=%s,server=on,wait=off' % qmp_path,
-         '--monitor', 'chardev=qmp',
-         '--nbd-server', 'addr.type=unix,addr.path=' + nbd,
-         '--export', 'type=nbd,id=exp0,node-name=layer1,name=disk,'
-                     'writable=on'],
+        qsd_command(args.qemu_storage_daemon, blockdev, nbd, qmp_path,
+                    writable=True),
         stdout=log, stderr=subprocess.STDOUT)
     qmp = None
     try:

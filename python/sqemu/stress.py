@@ -84,6 +84,7 @@ import time
 import traceback
 
 from sqemu import paths, util
+from sqemu.qsd import command as qsd_command
 from sqemu import qmp as sqemu_qmp
 
 SCRIPT_DIR = paths.SCRIPTS
@@ -229,17 +230,11 @@ class Daemon:
                 os.unlink(path)
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
                     'file': {'driver': 'file', 'filename': top}}
-        export = 'type=nbd,id=exp0,node-name=disk,name=disk,writable=on'
-        if writethrough:
-            export += ',writethrough=on'
         self.log = open(self.logpath, 'w+')
         self.proc = procs.spawn(
-            [qsd, '--blockdev', json.dumps(blockdev),
-             '--chardev', 'socket,id=qmp,path=%s,server=on,wait=off' %
-             self.qmp_path,
-             '--monitor', 'chardev=qmp',
-             '--nbd-server', 'addr.type=unix,addr.path=' + self.nbd,
-             '--export', export, '--pidfile', self.pidfile],
+            qsd_command(qsd, blockdev, self.nbd, self.qmp_path,
+                        self.pidfile, writable=True,
+                        writethrough=writethrough),
             stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT)
         try:
