@@ -19,7 +19,6 @@
 # Everything it creates (chains, sockets, daemons) is gone when it exits.
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import os
@@ -27,12 +26,12 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 from sqemu import paths, util
+from sqemu.proc import Process
 from sqemu.qsd import command as qsd_command
 
 SCRIPT_DIR = paths.SCRIPTS
@@ -98,93 +97,6 @@ def parse_lengths(text):
         raise argparse.ArgumentTypeError(
             'bad lengths %r (e.g. 1,10,100)' % text)
     return lengths
-
-
-# Processes.
-#
-# Linux charges a process's peak RSS (ru_maxrss) with the pages of the
-# process that forked it, as they were at exec time, so every child of this
-# Python process would report at least our own peak RSS.  Commands are
-# therefore forked by a small /bin/sh, which prints the command's pid and
-# exits; being child subreaper while it exits, we inherit the command and
-# wait4() it ourselves.  The command waits to start until the shell has
-# exited (a gate on the shell's stdin), so that the shell cannot reap it.
-# Each command runs in a process group of its own, so that on error or
-# interruption the whole group (e.g. mkchain and its qemu-io) can be killed
-# without signalling ourselves.
-
-PR_SET_CHILD_SUBREAPER = 36
-LIBC = ctypes.CDLL(None, use_errno=True)
-LAUNCHER = ('exec 3<&0; { read go <&3; exec "$@" 3<&-; } 2>&1 & '
-            'echo $! >&2')
-
-
-def set_subreaper(on):
-    if LIBC.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_CHILD_SUBREAPER)')
-
-
-class Process:
-    """A command running in its own process group, its stdout and stderr
-    going to a temporary file.  Killed and reaped on leaving a with
-    block.  started is when it was let go."""
-
-    def __init__(self, cmd):
-        self.output = tempfile.TemporaryFile('w+', errors='replace')
-        self.group = self.pid = self.returncode = self.maxrss = None
-        try:
-            self.launch(cmd)
-        except BaseException:
-            self.close()
-            raise
-
-    def launch(self, cmd):
-        set_subreaper(True)
-        try:
-            launcher = subprocess.Popen(['/bin/sh', '-c', LAUNCHER, 'sh',
-                                         *cmd],
-                                        stdin=subprocess.PIPE,
-                                        stdout=self.output,
-                                        stderr=subprocess.PIPE, text=True,
-                                        start_new_session=True)
-            self.group = launcher.pid
-            with launcher.stderr:
-                self.pid = int(launcher.stderr.read())
-            launcher.wait()
-        finally:
-            set_subreaper(False)
-        self.started = time.monotonic()
-        launcher.stdin.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def poll(self, options=0):
-        """wait4() for the command; return its exit code, or None if it is
-        still running (with os.WNOHANG).  Sets maxrss (KiB) once done."""
-        pid, status, usage = os.wait4(self.pid, options)
-        if pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-            self.maxrss = usage.ru_maxrss
-        return self.returncode
-
-    def read_output(self):
-        self.output.seek(0)
-        return self.output.read()
-
-    def close(self):
-        """Kill the process group and reap the command, unless reaped."""
-        if self.returncode is None and self.group:
-            try:
-                os.killpg(self.group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if self.pid:
-                self.poll()
-        self.output.close()
 
 
 def describe_exit(name, code, output):

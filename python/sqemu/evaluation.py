@@ -44,6 +44,7 @@ import tempfile
 import time
 
 from sqemu import bench, evaluation_report, paths, util
+from sqemu.proc import run_child
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, CHILD_STOP_S, DEBIAN_FIGURES,
     FIGURES, GUEST_FIGURES, GUEST_MEMORY_MIB, KVM_PROBE_S, LIVESNAP_BLOCK,
@@ -74,32 +75,12 @@ def progress(message):
           file=sys.stderr, flush=True)
 
 
-def run_child(cmd):
-    """Run a tool to its end; its exit status and output (stdout and
-    stderr).  If this process is stopped meanwhile (SIGTERM, ^C), the tool
-    gets SIGTERM, so that it stops what it started (vmrun its QEMU,
-    mkchain its qemu-storage-daemon) and removes what it made, where
-    subprocess.run would SIGKILL it."""
-    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT) as proc:
-        try:
-            output, _ = proc.communicate()
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=CHILD_STOP_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    return proc.returncode, output
-
-
 def run_tool(cmd):
     """Run a tool to its end; its output (stdout and stderr).  Unlike
     bench.execute, safe in several threads at once (bench's launcher
     makes this process a child subreaper for a moment, which is
     process-wide)."""
-    status, output = run_child(cmd)
+    status, output = run_child(cmd, CHILD_STOP_S)
     if status != 0:
         lines = output.strip().splitlines() or ['no output']
         raise EvalError('%s failed (exit status %d): %s' %

@@ -70,7 +70,6 @@
 # when it exits, also on error and on Ctrl-C, unless --keep.
 
 import argparse
-import ctypes
 import glob
 import json
 import os
@@ -84,6 +83,7 @@ import time
 import traceback
 
 from sqemu import paths, util
+from sqemu.proc import Processes
 from sqemu.qsd import command as qsd_command
 from sqemu import qmp as sqemu_qmp
 
@@ -109,7 +109,6 @@ NOTHING_BELOW = 'no read of the backing chain yet'
 # chain are slow.
 DAEMON_START_TIMEOUT = 600
 DAEMON_STOP_TIMEOUT = 120
-LONG_TIMEOUT = 3600
 # A verify failure as fio 3.33 prints it: "verify: bad magic header ...,
 # wanted acca at file NAME offset 44572672, length 4096 (requested ..."
 # or "crc32c: verify failed at file NAME offset 8192, length 4096 ..."
@@ -135,83 +134,6 @@ def human_size(n):
         if n >= 1 << shift and n % (1 << (shift - 4)) == 0:
             return '%g %s' % (n / (1 << shift), unit)
     return '%d bytes' % n
-
-
-# Processes.  Every child runs in a session (process group) of its own, so
-# that Ctrl-C reaches only us, and on the way out each group still running
-# is killed by its id (mkchain's group holds its daemon and qemu-io).  We
-# are a child subreaper, so that the processes of a group whose leader died
-# first are reparented to us and reaped here.
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-class Processes:
-    def __init__(self):
-        self.children = []
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-    def spawn(self, cmd, **kwargs):
-        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-        self.children.append(proc)
-        return proc
-
-    def run(self, cmd, timeout=LONG_TIMEOUT, cwd=None, merge=True):
-        """Run @cmd; return (exit code, stdout, stderr), stderr merged
-        into stdout (and returned empty) if @merge."""
-        proc = self.spawn(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if merge
-                          else subprocess.PIPE,
-                          text=True, errors='replace')
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-            raise StressError('%s did not finish within %d s' %
-                              (os.path.basename(cmd[0]), timeout))
-        finally:
-            self.forget(proc)
-        return proc.returncode, out, err or ''
-
-    def must(self, cmd, **kwargs):
-        """Run @cmd, which must succeed; return its output."""
-        code, out, err = self.run(cmd, **kwargs)
-        if code != 0:
-            raise StressError('%s failed (%s): %s' %
-                              (' '.join(os.path.basename(c) if i == 0 else c
-                                        for i, c in enumerate(cmd[:2])),
-                               util.describe_status(code),
-                               util.tail(out + err)))
-        return out
-
-    def kill(self, proc):
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-
-    def forget(self, proc):
-        if proc.poll() is None:
-            self.kill(proc)
-        if proc in self.children:
-            self.children.remove(proc)
-
-    def kill_all(self):
-        for proc in list(self.children):
-            self.forget(proc)
-        # Reap what was reparented to us (all of it was in a group killed
-        # above, so it is dying)
-        deadline = time.monotonic() + 10
-        while self.subreaper and time.monotonic() < deadline:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    time.sleep(0.05)
-            except ChildProcessError:
-                break
 
 
 class Daemon:
@@ -1033,7 +955,7 @@ def main():
     args = parse_args()
     util.interrupt_on(signal.SIGTERM, signal.SIGHUP)
     started = time.monotonic()
-    procs = Processes()
+    procs = Processes(StressError)
     workdir = None
     stress = None
     status = 1
