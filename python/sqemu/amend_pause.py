@@ -30,13 +30,12 @@ import tempfile
 import threading
 import time
 
+from sqemu import chain as sqemu_chain
 from sqemu import paths, util
+from sqemu import qmp as sqemu_qmp
 from sqemu.qsd import command as qsd_command
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-OURS = os.path.join(REPO_TOP, 'build', 'qemu')
-paths.use_qemu_python()
+OURS = paths.BUILD
 
 BLOCK = 4096
 START_TIMEOUT = 600
@@ -85,6 +84,11 @@ OFFLINE = {
                            'taken with -c before it)',
 }
 SYSTEM_OPS = ('savevm', 'loadvm')
+
+
+def layer_path(chain, depth, layers):
+    """The file of layer @depth of the chain mkchain made in @chain"""
+    return os.path.join(chain, sqemu_chain.layer_name(depth, layers))
 
 
 def progress(text):
@@ -169,7 +173,7 @@ def chain_operation(args, qmp, chain, work):
     high = args.layers * 3 // 5
 
     def layer(depth):
-        return os.path.join(chain, 'layer-%04d.qcow2' % depth)
+        return layer_path(chain, depth, args.layers)
 
     def node(depth):
         for n in qmp.cmd('query-named-block-nodes',
@@ -261,7 +265,7 @@ def offline_operation(args, top, chain):
     qemu_img = os.path.join(OURS, 'qemu-img')
 
     def layer(depth):
-        return os.path.join(chain, 'layer-%04d.qcow2' % depth)
+        return layer_path(chain, depth, args.layers)
 
     if args.after in ('img-snapshot-apply', 'img-snapshot-delete'):
         subprocess.run([qemu_img, 'snapshot', '-c', 'sqemu-snap', top],
@@ -311,10 +315,15 @@ def exported_node(qmp):
     raise PauseError('no node %s' % name)
 
 
+def backing_index(node):
+    """The backing-index information of a query-named-block-nodes entry"""
+    return node['image'].get('format-specific', {}).get('data', {}).get(
+        'backing-index', {})
+
+
 def exported_chain(qmp):
     """The backing-index information of the exported node"""
-    return exported_node(qmp)['image'].get('format-specific', {}).get(
-        'data', {}).get('backing-index', {})
+    return backing_index(exported_node(qmp))
 
 
 def index_job_events(qmp):
@@ -389,12 +398,12 @@ def make_chain(args, stock, chain, index):
     offline afterwards if @index; its top"""
     progress('making a %d-layer chain of %s with stock QEMU (%s)' %
              (args.layers, args.size, stock))
-    subprocess.run([os.path.join(SCRIPT_DIR, 'mkchain'), '-n',
+    subprocess.run([paths.script('mkchain'), '-n',
                     str(args.layers), '-s', args.size, '--qemu-img',
                     os.path.join(stock, 'qemu-img'), '--qemu-io',
                     os.path.join(stock, 'qemu-io'), chain],
                    check=True, stdout=subprocess.DEVNULL)
-    top = os.path.join(chain, 'layer-%04d.qcow2' % args.layers)
+    top = layer_path(chain, args.layers, args.layers)
     if index:
         progress('indexing the chain offline (qemu-img amend)')
         subprocess.run([os.path.join(OURS, 'qemu-img'), 'amend', '-o',
@@ -404,9 +413,8 @@ def make_chain(args, stock, chain, index):
 
 def start_daemon(binary, node, work, trace_args=()):
     """Start @binary (a qemu-storage-daemon) on blockdev @node, exported
-    over NBD; returns the process, a QMP connection and the NBD URI"""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
+    over NBD; returns the process, a QMP connection (QEMU's legacy client,
+    whose events this command reads) and the NBD URI"""
     qmp_sock = os.path.join(work, 'qmp.sock')
     nbd_sock = os.path.join(work, 'nbd.sock')
     for sock in (qmp_sock, nbd_sock):
@@ -434,12 +442,7 @@ def start_daemon(binary, node, work, trace_args=()):
             if qsd.poll() is not None or time.monotonic() > deadline:
                 raise PauseError('qemu-storage-daemon did not start')
             time.sleep(0.1)
-        qmp = QEMUMonitorProtocol(qmp_sock)
-        # query-named-block-nodes answers one line of about 1 KiB per node
-        # (two nodes per layer): more than the client's 256 KiB default
-        # at a few hundred layers
-        qmp._qmp._limit = 64 * 1024 * 1024
-        qmp.connect()
+        qmp = sqemu_qmp.Monitor(qmp_sock, START_TIMEOUT, PauseError).qmp
         if system:
             for cmd, arg in (
                     ('nbd-server-start', {'addr': {
@@ -494,8 +497,8 @@ def stream_compare(args, work):
                      (label, base_depth + 1, args.layers - 1))
             t0 = time.monotonic()
             run_job(qmp, 'block-stream', {
-                'device': 'top', 'base': os.path.join(
-                    chain, 'layer-%04d.qcow2' % base_depth)})
+                'device': 'top',
+                'base': layer_path(chain, base_depth, args.layers)})
             t1 = time.monotonic()
             t2 = client.finish(args.phase)
             qmp.close()
@@ -535,8 +538,7 @@ def measure(args, work):
     opened = time.monotonic()
     qsd, qmp, uri = start_daemon(
         # qemu-system-x86_64 takes the file of the last --trace
-        binary, node, work, ('--trace', 'qcow2_bi_rebuild_start',
-                             '--trace', 'qcow2_bi_rebuild_end',
+        binary, node, work, ('--trace', 'qcow2_bi_rebuild_end',
                              '--trace', 'qcow2_bi_amend_reopen,file=' +
                              trace))
     try:
@@ -563,8 +565,9 @@ def measure(args, work):
             # The operation leaves the top without a valid index: QEMU
             # builds it again in the background, from the operation's end
             t0 = chain_operation(args, qmp, chain, work)
-            valid = exported_chain(qmp).get('chain-valid', False)
-            single = 'backing-filename' not in exported_node(qmp)['image']
+            exported = exported_node(qmp)
+            valid = backing_index(exported).get('chain-valid', False)
+            single = 'backing-filename' not in exported['image']
             events, started = index_job_events(qmp)
             kept = (valid or single) and not started
             if kept:

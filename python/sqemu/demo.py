@@ -17,11 +17,8 @@ import tempfile
 from sqemu import paths
 
 TOP = paths.REPO_TOP
-SCRIPTS = os.path.join(TOP, 'scripts', 'sqemu')
-OBJ = os.path.join(TOP, 'build', 'qemu')
-# Debian's stock QEMU, from its packages (/usr/bin is sQemu's once it is
-# installed)
-STOCK_QEMU = os.path.join(SCRIPTS, 'stock-qemu')
+SCRIPTS = paths.SCRIPTS
+OBJ = paths.BUILD
 
 
 def step(msg):
@@ -105,9 +102,13 @@ def _main():
         ours = boot(os.path.join(OBJ, 'qemu-system-x86_64'), top, workdir,
                     'ours', args.accel, args)
         step('booting stock QEMU on the same chain, for comparison')
-        stock_bin = subprocess.run([STOCK_QEMU, '--quiet'], check=True,
-                                   text=True,
-                                   stdout=subprocess.PIPE).stdout.strip()
+        # Debian's stock QEMU, from its packages (/usr/bin is sQemu's once
+        # it is installed)
+        stock_bin = paths.stock_dir()
+        if not stock_bin:
+            print('demo: error: no stock QEMU: see stock-qemu\'s error '
+                  'above', file=sys.stderr)
+            return 1
         stock = boot(os.path.join(stock_bin, 'qemu-system-x86_64'), top,
                      workdir, 'stock', ours['accelerator'], args)
 

@@ -42,7 +42,6 @@ BI_EXCLUDED = os.path.join(TOP, 'tests', 'qemu-iotests',
                            'sqemu-backing-index-excluded')
 TIMING = os.path.join(TOP, 'tests', 'qemu-iotests',
                       'sqemu-timing-dependent')
-STOCK_QEMU = os.path.join(TOP, 'scripts', 'sqemu', 'stock-qemu')
 # Re-runs of a failed timing-dependent test
 RERUNS = 2
 BI_OPTION = 'backing-index=on'
@@ -251,15 +250,6 @@ def use_binaries(directory):
         os.environ[var] = path
 
 
-def find_stock():
-    """The directory of Debian's stock QEMU binaries (stock-qemu)."""
-    log('stock QEMU: %s --quiet' % STOCK_QEMU)
-    out = subprocess.run([STOCK_QEMU, '--quiet'], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout.strip()
-    log('stock QEMU: %s' % out)
-    return out
-
-
 def read_test_list(path):
     """{test: reason} from a file of "TEST REASON..." lines."""
     tests = {}
@@ -403,12 +393,13 @@ def main():
             return 1
     if any(s not in ('python', 'unit') for s in stages):
         global STOCK_BIN
-        try:
-            STOCK_BIN = find_stock()
-        except subprocess.CalledProcessError:
+        log('stock QEMU: %s --quiet' % paths.script('stock-qemu'))
+        STOCK_BIN = paths.stock_dir()
+        if not STOCK_BIN:
             print('run-tests: 0 passed, 1 failed (no stock QEMU: see '
                   'stock-qemu\'s error above)')
             return 1
+        log('stock QEMU: %s' % STOCK_BIN)
     if 'python' in stages:
         run_python_tests(tally)
     if 'unit' in stages:

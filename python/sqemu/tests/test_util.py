@@ -82,3 +82,17 @@ def test_describe_status():
     assert util.describe_status(0) == 'exit status 0'
     assert util.describe_status(2) == 'exit status 2'
     assert util.describe_status(-9) == 'killed by signal 9'
+
+
+def test_qmp_monitor_missing_socket(tmp_path):
+    """No monitor: the caller's error, naming the socket, once @wait is
+    over"""
+    from sqemu import qmp
+
+    class NoMonitor(Exception):
+        pass
+
+    path = str(tmp_path / 'qmp.sock')
+    with pytest.raises(NoMonitor) as e:
+        qmp.Monitor(path, 0.2, NoMonitor)
+    assert str(e.value) == 'no QMP monitor at %s' % path
