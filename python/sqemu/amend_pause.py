@@ -18,7 +18,6 @@
 # makes and starts is removed when it exits, also on SIGTERM.
 
 import argparse
-import json
 import os
 import random
 import re
@@ -32,8 +31,7 @@ import time
 
 from sqemu import chain as sqemu_chain
 from sqemu import paths, util
-from sqemu import qmp as sqemu_qmp
-from sqemu.qsd import command as qsd_command
+from sqemu.qsd import Daemon
 
 OURS = paths.BUILD
 
@@ -412,62 +410,23 @@ def make_chain(args, stock, chain, index):
 
 
 def start_daemon(binary, node, work, trace_args=()):
-    """Start @binary (a qemu-storage-daemon) on blockdev @node, exported
-    over NBD; returns the process, a QMP connection (QEMU's legacy client,
-    whose events this command reads) and the NBD URI"""
-    qmp_sock = os.path.join(work, 'qmp.sock')
-    nbd_sock = os.path.join(work, 'nbd.sock')
-    for sock in (qmp_sock, nbd_sock):
-        if os.path.exists(sock):
-            os.unlink(sock)
-    system = os.path.basename(binary).startswith('qemu-system-')
-    if system:
-        # a VM without devices, for savevm/loadvm; the accelerator is TCG
-        # (nothing runs in it); the export is added over QMP below
-        cmd = [binary, '-M', 'none', '-accel', 'tcg', '-nodefaults',
-               '-display', 'none',
-               '-chardev', 'socket,id=m,path=%s,server=on,wait=off' %
-               qmp_sock, '-mon', 'chardev=m,mode=control',
-               '-blockdev', json.dumps(node), *trace_args]
-        ready = qmp_sock
-    else:
-        cmd = qsd_command(binary, node, nbd_sock, qmp_sock,
-                          export_name='top', writable=True,
-                          extra=trace_args)
-        ready = nbd_sock
-    qsd = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    """Start @binary (qemu-storage-daemon, or qemu-system for savevm and
+    loadvm) on blockdev @node, exported over NBD as "top"; returns the
+    daemon and a QMP connection (QEMU's legacy client, whose events this
+    command reads)"""
+    daemon = Daemon(binary, node, work, PauseError, export_name='top',
+                    writable=True, extra=trace_args,
+                    start_timeout=START_TIMEOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(ready):
-            if qsd.poll() is not None or time.monotonic() > deadline:
-                raise PauseError('qemu-storage-daemon did not start')
-            time.sleep(0.1)
-        qmp = sqemu_qmp.Monitor(qmp_sock, START_TIMEOUT, PauseError).qmp
-        if system:
-            for cmd, arg in (
-                    ('nbd-server-start', {'addr': {
-                        'type': 'unix', 'data': {'path': nbd_sock}}}),
-                    ('block-export-add', {
-                        'type': 'nbd', 'id': 'e', 'node-name': 'top',
-                        'name': 'top', 'writable': True})):
-                res = qmp.cmd(cmd, arg)
-                if 'error' in res:
-                    raise PauseError('%s: %s' % (cmd, res['error']['desc']))
+        return daemon, daemon.monitor(START_TIMEOUT).qmp
     except BaseException:
-        qsd.kill()
-        qsd.wait()
+        daemon.close()
         raise
-    return qsd, qmp, 'nbd+unix:///top?socket=' + nbd_sock
 
 
-def stop_daemon(qsd):
-    if qsd.poll() is None:
-        qsd.terminate()
-        try:
-            qsd.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            qsd.kill()
-            qsd.wait()
+def stop_daemon(daemon):
+    daemon.stop(60, check=False)
+    daemon.close()
 
 
 def stream_compare(args, work):
@@ -486,9 +445,9 @@ def stream_compare(args, work):
         top = make_chain(args, stock, chain, index)
         node = {'driver': 'qcow2', 'node-name': 'top',
                 'file': {'driver': 'file', 'filename': top}}
-        qsd, qmp, uri = start_daemon(binary, node, work)
+        daemon, qmp = start_daemon(binary, node, work)
         try:
-            client = Client(uri, args.write_fraction)
+            client = Client(daemon.uri, args.write_fraction)
             client.start()
             progress('%s: reading for %g s before the stream' %
                      (label, args.phase))
@@ -503,7 +462,7 @@ def stream_compare(args, work):
             t2 = client.finish(args.phase)
             qmp.close()
         finally:
-            stop_daemon(qsd)
+            stop_daemon(daemon)
         shutil.rmtree(chain, ignore_errors=True)
         rows.append((label, t1 - t0, client.phase(0, t0),
                      client.phase(t0, t1), client.phase(t1, t2)))
@@ -536,7 +495,7 @@ def measure(args, work):
     if args.after in SYSTEM_OPS:
         binary = os.path.join(OURS, 'qemu-system-x86_64')
     opened = time.monotonic()
-    qsd, qmp, uri = start_daemon(
+    daemon, qmp = start_daemon(
         # qemu-system-x86_64 takes the file of the last --trace
         binary, node, work, ('--trace', 'qcow2_bi_rebuild_end',
                              '--trace', 'qcow2_bi_amend_reopen,file=' +
@@ -555,7 +514,7 @@ def measure(args, work):
                           {'command-line': 'savevm sqemu-snap'})
             if 'error' in res or res['return'].strip():
                 raise PauseError('savevm: %s' % res)
-        client = Client(uri, args.write_fraction)
+        client = Client(daemon.uri, args.write_fraction)
         client.start()
         progress('reading for %g s before the job' % args.phase)
         time.sleep(args.phase)
@@ -592,7 +551,7 @@ def measure(args, work):
         bi = exported_chain(qmp)
         qmp.close()
     finally:
-        stop_daemon(qsd)
+        stop_daemon(daemon)
 
     drained = []
     with open(trace) as f:

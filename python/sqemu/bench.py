@@ -32,7 +32,7 @@ import time
 
 from sqemu import paths, util
 from sqemu.proc import Process
-from sqemu.qsd import command as qsd_command
+from sqemu.qsd import Daemon
 
 SCRIPT_DIR = paths.SCRIPTS
 REPO_TOP = paths.REPO_TOP
@@ -62,7 +62,6 @@ RAND_BLOCK = '4k'
 RAND_IODEPTH = 16
 OPEN_RUNS = 3
 # Opening a chain of 1000 layers takes stock QEMU ~10 s on an idle machine.
-DAEMON_START_TIMEOUT = 600
 DAEMON_STOP_TIMEOUT = 60
 
 # qemu-io command that exists once sQemu reads through the backing index
@@ -110,7 +109,7 @@ def execute(cmd):
     """Run @cmd, its stdout and stderr merged; return its output, wall
     time in seconds and peak RSS in KiB.  Raise BenchError if it fails."""
     with Process(cmd) as proc:
-        code = proc.poll()
+        code = proc.wait()
         elapsed = time.monotonic() - proc.started
         output = proc.read_output()
     if code != 0:
@@ -221,46 +220,6 @@ def read_counters(tools, top, size):
     return counters
 
 
-def start_daemon(qsd, top, rundir):
-    blockdev = {'driver': 'qcow2', 'node-name': 'disk', 'read-only': True,
-                'file': {'driver': 'file', 'filename': top,
-                         'cache': {'direct': True}}}
-    return Process(qsd_command(qsd, blockdev,
-                               os.path.join(rundir, 'nbd.sock'),
-                               pidfile=os.path.join(rundir, 'qsd.pid')))
-
-
-def daemon_failed(daemon):
-    return BenchError(describe_exit('qemu-storage-daemon', daemon.returncode,
-                                    daemon.read_output()))
-
-
-def wait_daemon_ready(daemon, rundir):
-    """The daemon writes its pid file once all its options (block node,
-    NBD server, export) are set up."""
-    pidfile = os.path.join(rundir, 'qsd.pid')
-    deadline = time.monotonic() + DAEMON_START_TIMEOUT
-    while not (os.path.exists(pidfile) and os.path.getsize(pidfile)):
-        if daemon.poll(os.WNOHANG) is not None:
-            raise daemon_failed(daemon)
-        if time.monotonic() > deadline:
-            raise BenchError('qemu-storage-daemon not ready after %d s: %s' %
-                             (DAEMON_START_TIMEOUT,
-                              daemon.read_output().strip()))
-        time.sleep(0.05)
-
-
-def stop_daemon(daemon):
-    os.kill(daemon.pid, signal.SIGTERM)
-    deadline = time.monotonic() + DAEMON_STOP_TIMEOUT
-    while daemon.poll(os.WNOHANG) is None:
-        if time.monotonic() > deadline:
-            raise BenchError('qemu-storage-daemon did not exit on SIGTERM')
-        time.sleep(0.05)
-    if daemon.returncode != 0:
-        raise daemon_failed(daemon)
-
-
 def run_fio(sock, runtime):
     output = execute(['fio', '--name=randread', '--ioengine=nbd',
                       '--uri=nbd+unix:///disk?socket=' + sock,
@@ -284,14 +243,19 @@ def run_fio(sock, runtime):
 def rand_read(tools, top, runtime, workdir):
     rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
     try:
-        with start_daemon(tools['qemu-storage-daemon'], top,
-                          rundir) as daemon:
-            wait_daemon_ready(daemon, rundir)
-            iops = run_fio(os.path.join(rundir, 'nbd.sock'), runtime)
-            stop_daemon(daemon)
+        blockdev = {'driver': 'qcow2', 'node-name': 'disk',
+                    'read-only': True,
+                    'file': {'driver': 'file', 'filename': top,
+                             'cache': {'direct': True}}}
+        # proc.Process: the daemon's own peak RSS
+        with Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
+                    BenchError, launch=Process) as daemon:
+            iops = run_fio(daemon.nbd, runtime)
+            daemon.stop(DAEMON_STOP_TIMEOUT)
+            rss = daemon.proc.maxrss
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
-    return {'rand_iops': iops, 'qsd_rss_kib': daemon.maxrss}
+    return {'rand_iops': iops, 'qsd_rss_kib': rss}
 
 
 def open_time(tools, top):

@@ -34,9 +34,8 @@ import subprocess
 import sys
 import tempfile
 
-from sqemu import qmp as sqemu_qmp
 from sqemu import util
-from sqemu.qsd import command as qsd_command
+from sqemu.qsd import Daemon
 
 LANES = 8
 MANIFEST = 'chain.json'
@@ -215,52 +214,36 @@ def create_live(args, outdir, where, tmp):
     if res.returncode != 0:
         raise ChainError('qemu-img %s failed: %s' % (cmd[1],
                                                      res.stdout.strip()))
-    nbd = os.path.join(tmp, 'nbd.sock')
-    qmp_path = os.path.join(tmp, 'qmp.sock')
     blockdev = {'driver': 'qcow2', 'node-name': 'layer1',
                 'file': {'driver': 'file', 'filename': base}}
-    # The daemon prints a line per snapshot: to a file, not a pipe that
-    # nobody reads until it exits (it would block once the pipe is full)
-    log = open(os.path.join(tmp, 'qsd.log'), 'w+')
-    daemon = subprocess.Popen(
-        qsd_command(args.qemu_storage_daemon, blockdev, nbd, qmp_path,
-                    writable=True),
-        stdout=log, stderr=subprocess.STDOUT)
-    qmp = None
-    try:
-        qmp = sqemu_qmp.Monitor(qmp_path, 30, ChainError)
-        uri = 'nbd+unix:///disk?socket=' + nbd
-        for depth in range(1, args.layers + 1):
-            if depth > 1:
-                qmp.cmd('blockdev-snapshot-sync',
-                        **{'node-name': 'layer%d' % (depth - 1),
-                           'snapshot-file': os.path.join(
-                               outdir, layer_name(depth, args.layers)),
-                           'snapshot-node-name': 'layer%d' % depth,
-                           'format': 'qcow2'})
-            if by_layer.get(depth):
-                commands, files = cluster_writes(args, depth,
-                                                 by_layer[depth], tmp)
-                errors = run_qemu_io(args.qemu_io, ['-f', 'raw', uri],
-                                     commands)
-                for path in files:
-                    os.unlink(path)
-                if errors:
-                    raise ChainError('writing layer %d failed: %s' %
-                                     (depth, '; '.join(errors[:5])))
-        qmp.cmd('quit')
-        daemon.wait(timeout=60)
-        if daemon.returncode != 0:
-            log.seek(0)
-            raise ChainError('qemu-storage-daemon exited with status %d: %s'
-                             % (daemon.returncode, log.read().strip()))
-    finally:
-        log.close()
-        if qmp:
+    # The daemon prints a line per snapshot: into its log file, not a pipe
+    # that nobody reads until it exits (it would block once full)
+    with Daemon(args.qemu_storage_daemon, blockdev, tmp, ChainError,
+                writable=True, start_timeout=30) as daemon:
+        qmp = daemon.monitor()
+        try:
+            for depth in range(1, args.layers + 1):
+                if depth > 1:
+                    qmp.cmd('blockdev-snapshot-sync',
+                            **{'node-name': 'layer%d' % (depth - 1),
+                               'snapshot-file': os.path.join(
+                                   outdir, layer_name(depth, args.layers)),
+                               'snapshot-node-name': 'layer%d' % depth,
+                               'format': 'qcow2'})
+                if by_layer.get(depth):
+                    commands, files = cluster_writes(args, depth,
+                                                     by_layer[depth], tmp)
+                    errors = run_qemu_io(args.qemu_io, ['-f', 'raw',
+                                                        daemon.uri],
+                                         commands)
+                    for path in files:
+                        os.unlink(path)
+                    if errors:
+                        raise ChainError('writing layer %d failed: %s' %
+                                         (depth, '; '.join(errors[:5])))
+        finally:
             qmp.close()
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        daemon.stop(60)
 
 
 def image_size(qemu_img, image):

@@ -43,8 +43,10 @@ class Process:
     going to a temporary file.  Killed and reaped on leaving a with
     block.  started is when it was let go."""
 
-    def __init__(self, cmd):
-        self.output = tempfile.TemporaryFile('w+', errors='replace')
+    def __init__(self, cmd, output=None):
+        self.cmd = cmd
+        self.own_output = output is None
+        self.output = output or tempfile.TemporaryFile('w+', errors='replace')
         self.group = self.pid = self.returncode = self.maxrss = None
         try:
             self.launch(cmd)
@@ -76,13 +78,28 @@ class Process:
     def __exit__(self, *exc):
         self.close()
 
-    def poll(self, options=0):
-        """wait4() for the command; return its exit code, or None if it is
-        still running (with os.WNOHANG).  Sets maxrss (KiB) once done."""
-        pid, status, usage = os.wait4(self.pid, options)
-        if pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-            self.maxrss = usage.ru_maxrss
+    def _wait4(self, options):
+        if self.returncode is None:
+            pid, status, usage = os.wait4(self.pid, options)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                self.maxrss = usage.ru_maxrss   # KiB
+        return self.returncode
+
+    def poll(self):
+        """The command's exit code, or None while it runs"""
+        return self._wait4(os.WNOHANG)
+
+    def wait(self, timeout=None):
+        """Wait for the command's end (at most @timeout s, as
+        subprocess.Popen.wait); its exit code.  Sets maxrss."""
+        if timeout is None:
+            return self._wait4(0)
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.cmd, timeout)
+            time.sleep(0.05)
         return self.returncode
 
     def read_output(self):
@@ -97,8 +114,9 @@ class Process:
             except ProcessLookupError:
                 pass
             if self.pid:
-                self.poll()
-        self.output.close()
+                self.wait()
+        if self.own_output:
+            self.output.close()
 
 
 # A command's children.  Every child runs in a session (process group) of

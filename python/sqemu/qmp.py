@@ -47,7 +47,7 @@ class Monitor:
                 time.sleep(0.05)
         self.qmp.settimeout(timeout)
 
-    def cmd(self, name, **arguments):
+    def cmd(self, name, /, **arguments):
         """Run command @name; its return value"""
         try:
             return self.qmp.command(name, **arguments)

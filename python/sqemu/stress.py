@@ -82,10 +82,8 @@ import tempfile
 import time
 import traceback
 
-from sqemu import paths, util
+from sqemu import paths, qsd, util
 from sqemu.proc import Processes
-from sqemu.qsd import command as qsd_command
-from sqemu import qmp as sqemu_qmp
 
 SCRIPT_DIR = paths.SCRIPTS
 REPO_TOP = paths.REPO_TOP
@@ -108,7 +106,6 @@ NOTHING_BELOW = 'no read of the backing chain yet'
 # Opening a chain of 1000 layers takes about 12 s; stock reads of a long
 # chain are slow.
 DAEMON_START_TIMEOUT = 600
-DAEMON_STOP_TIMEOUT = 120
 # A verify failure as fio 3.33 prints it: "verify: bad magic header ...,
 # wanted acca at file NAME offset 44572672, length 4096 (requested ..."
 # or "crc32c: verify failed at file NAME offset 8192, length 4096 ..."
@@ -136,65 +133,25 @@ def human_size(n):
     return '%d bytes' % n
 
 
-class Daemon:
+class Daemon(qsd.Daemon):
     """A qemu-storage-daemon exporting TOP writable over NBD on a unix
-    socket, with a QMP monitor."""
+    socket, one of the command's @procs."""
 
-    def __init__(self, procs, qsd, top, rundir, writethrough=False):
+    def __init__(self, procs, binary, top, rundir, writethrough=False):
         self.procs = procs
-        self.rundir = rundir
-        self.nbd = os.path.join(rundir, 'nbd.sock')
-        self.qmp_path = os.path.join(rundir, 'qmp.sock')
-        self.pidfile = os.path.join(rundir, 'qsd.pid')
-        self.logpath = os.path.join(rundir, 'qsd.log')
-        for path in (self.nbd, self.qmp_path, self.pidfile):
-            if os.path.lexists(path):
-                os.unlink(path)
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
                     'file': {'driver': 'file', 'filename': top}}
-        self.log = open(self.logpath, 'w+')
-        self.proc = procs.spawn(
-            qsd_command(qsd, blockdev, self.nbd, self.qmp_path,
-                        self.pidfile, writable=True,
-                        writethrough=writethrough),
-            stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=subprocess.STDOUT)
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def uri(self):
-        return 'nbd+unix:///disk?socket=' + self.nbd
-
-    def output(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def failed(self):
-        return StressError('qemu-storage-daemon %s: %s' %
-                           (util.describe_status(self.proc.returncode),
-                            util.tail(self.output())))
-
-    def wait_ready(self):
-        """The daemon writes its pid file once its block node, NBD server
-        and export are all set up."""
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while not (os.path.exists(self.pidfile) and
-                   os.path.getsize(self.pidfile)):
-            if self.proc.poll() is not None:
-                raise self.failed()
-            if time.monotonic() > deadline:
-                raise StressError('qemu-storage-daemon not ready after %d s'
-                                  % DAEMON_START_TIMEOUT)
-            time.sleep(0.05)
+        super().__init__(binary, blockdev, rundir, StressError,
+                         writable=True, writethrough=writethrough,
+                         launch=lambda cmd, log: procs.spawn(
+                             cmd, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT),
+                         start_timeout=DAEMON_START_TIMEOUT)
 
     def counters(self):
         """The node's sQemu counters (query-blockstats), or None if it
         reports none."""
-        qmp = sqemu_qmp.Monitor(self.qmp_path, 30, StressError, 30)
+        qmp = self.monitor(30, 30)
         try:
             stats = qmp.cmd('query-blockstats', **{'query-nodes': True})
         finally:
@@ -205,28 +162,10 @@ class Daemon:
                 return specific.get('backing-index')
         return None
 
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self):
-        """SIGTERM; the daemon must exit cleanly."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise StressError('qemu-storage-daemon did not exit within '
-                                  '%d s of SIGTERM' % DAEMON_STOP_TIMEOUT)
-        if self.proc.returncode != 0:
-            raise self.failed()
-
-    def kill9(self):
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
     def close(self):
-        self.procs.forget(self.proc)
-        self.log.close()
+        super().close()
+        if self.proc:
+            self.procs.forget(self.proc)
 
 
 # fio.
@@ -712,7 +651,7 @@ class Stress:
                     raise StressError('fio ended before the kill (%s): %s' %
                                       (util.describe_status(fio.returncode),
                                        util.tail(f.read())))
-            daemon.kill9()
+            daemon.kill()
             try:
                 fio.wait(timeout=120)
             except subprocess.TimeoutExpired:

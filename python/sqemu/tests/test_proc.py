@@ -20,7 +20,7 @@ def test_run_child():
 
 def test_process_measures_the_command():
     with proc.Process(['/bin/sh', '-c', 'echo hello']) as p:
-        assert p.poll() == 0
+        assert p.wait() == 0
         assert p.read_output() == 'hello\n'
         assert p.maxrss > 0
         assert p.pid != os.getpid()
@@ -28,7 +28,7 @@ def test_process_measures_the_command():
 
 def test_process_group_killed_on_exit():
     with proc.Process(['/bin/sh', '-c', 'sleep 60']) as p:
-        assert p.poll(os.WNOHANG) is None
+        assert p.poll() is None
     assert p.returncode == -9
 
 

@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.qsd: the storage daemon's command line as every command builds it.
+# sqemu.qsd: the storage daemon's command line as every command builds it,
+# and the Daemon class on a shell stand-in (ready, failed, stopped).
 
 import json
+
+import pytest
 
 from sqemu import qsd
 
@@ -29,3 +32,72 @@ def test_command_writable_with_monitor():
         'writethrough=on')
     assert cmd[-2:] == ['--trace', 'x']
     assert '--pidfile' not in cmd
+
+
+# A stand-in for qemu-storage-daemon: writes its --pidfile and waits for
+# SIGTERM, exiting with $1's status then; "fail" prints and exits at once,
+# "silent" never writes the pid file.
+FAKE = '''#!/bin/sh
+mode=$(basename "$0")
+while [ $# -gt 0 ]; do
+    [ "$1" = --pidfile ] && pidfile=$2
+    shift
+done
+case $mode in
+fail) echo "qemu-storage-daemon: Could not open 'x': No such file"; exit 1 ;;
+silent) exec sleep 60 ;;
+esac
+trap 'echo stopping; [ $mode = ok ] && exit 0; exit 3' TERM
+echo $$ > "$pidfile"
+while :; do sleep 0.05; done
+'''
+
+
+class Failed(Exception):
+    pass
+
+
+def fake(tmp_path, mode):
+    path = tmp_path / mode
+    path.write_text(FAKE)
+    path.chmod(0o755)
+    return str(path)
+
+
+NODE = {'driver': 'qcow2', 'node-name': 'disk'}
+
+
+def test_daemon_ready_and_stopped(tmp_path):
+    with qsd.Daemon(fake(tmp_path, 'ok'), NODE, str(tmp_path),
+                    Failed) as daemon:
+        assert daemon.alive()
+        assert daemon.uri == 'nbd+unix:///disk?socket=%s/nbd.sock' % tmp_path
+        daemon.stop(10)
+        assert daemon.proc.returncode == 0
+        assert 'stopping' in daemon.output()
+
+
+def test_daemon_failure_in_words(tmp_path):
+    with pytest.raises(Failed) as e:
+        qsd.Daemon(fake(tmp_path, 'fail'), NODE, str(tmp_path), Failed)
+    assert str(e.value) == ("fail exit status 1: qemu-storage-daemon: "
+                            "Could not open 'x': No such file")
+
+
+def test_daemon_not_ready_is_killed(tmp_path):
+    spawned = []
+
+    def launch(cmd, log):
+        spawned.append(qsd._popen(cmd, log))
+        return spawned[-1]
+    with pytest.raises(Failed, match='silent not ready after 0 s'):
+        qsd.Daemon(fake(tmp_path, 'silent'), NODE, str(tmp_path), Failed,
+                   launch=launch, start_timeout=0.2)
+    assert spawned[0].returncode == -9
+
+
+def test_daemon_unclean_exit_is_an_error(tmp_path):
+    with qsd.Daemon(fake(tmp_path, 'dirty'), NODE, str(tmp_path),
+                    Failed) as daemon:
+        with pytest.raises(Failed, match='dirty exit status 3: stopping'):
+            daemon.stop(10)
