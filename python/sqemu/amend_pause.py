@@ -93,13 +93,6 @@ def progress(text):
     print('amend-pause: ' + text, file=sys.stderr, flush=True)
 
 
-def stock_dir():
-    found = paths.stock_dir()
-    if not found:
-        raise PauseError('no stock QEMU: see stock-qemu\'s error above')
-    return found
-
-
 class Client(threading.Thread):
     """One request at a time at random 4 KiB offsets; a fraction writes"""
 
@@ -434,7 +427,7 @@ def stream_compare(args, work):
     the top, stock's daemon on a stock-made chain and ours on the same
     chain indexed, one after the other, with the QD1 client reading
     throughout; prints the stream's time and the latencies side by side"""
-    stock = stock_dir()
+    stock = paths.stock_dir(PauseError)
     base_depth = max(args.layers - 100, 1)
     rows = []
     for label, binary, index in (
@@ -480,7 +473,7 @@ def stream_compare(args, work):
 
 
 def measure(args, work):
-    stock = stock_dir()
+    stock = paths.stock_dir(PauseError)
     chain = os.path.join(work, 'chain')
     top = make_chain(args, stock, chain, bool(args.after))
     trace = os.path.join(work, 'trace.log')

@@ -122,10 +122,7 @@ def execute(cmd):
 
 def stock_dir():
     """The directory of Debian's stock QEMU binaries."""
-    found = paths.stock_dir()
-    if not found:
-        raise BenchError('no stock QEMU: see stock-qemu\'s error above')
-    return found
+    return paths.stock_dir(BenchError)
 
 
 def find_builds(args):
@@ -562,16 +559,6 @@ def write_plot(path, report):
 
 # Driver.
 
-def make_workdir(path):
-    if path is None:
-        return tempfile.mkdtemp(prefix='sqemu-bench-', dir='/var/tmp')
-    try:
-        os.makedirs(path)
-    except FileExistsError:
-        raise BenchError('--workdir %s already exists' % path)
-    return os.path.abspath(path)
-
-
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Compare stock QEMU and sQemu (ours) on qcow2 backing '
@@ -655,7 +642,7 @@ def bench(args):
         progress(NO_EXTENSION_NOTE)
     report = {'machine': describe_machine(), 'builds': builds,
               'parameters': parameters(args)}
-    workdir = make_workdir(args.workdir)
+    workdir = util.make_workdir(args.workdir, 'sqemu-bench-', BenchError)
     try:
         rows = run_lengths(args, builds, workdir)
     finally:

@@ -63,14 +63,16 @@ def find_builds(directories, tools):
     return builds, missing
 
 
-def stock_dir():
+def stock_dir(error=None):
     """The directory of Debian's stock QEMU binaries, which stock-qemu
-    unpacks from Debian's packages (the baseline); None if it failed, in
-    which case stock-qemu said why on stderr"""
+    unpacks from Debian's packages (the baseline); if it failed (and
+    stock-qemu said why on stderr), None, or exception @error if given"""
     try:
         out = subprocess.run([script('stock-qemu'), '--quiet'],
                              stdout=subprocess.PIPE, text=True)
+        found = out.stdout.strip() if out.returncode == 0 else None
     except OSError:
-        return None
-    found = out.stdout.strip()
-    return found if out.returncode == 0 and found else None
+        found = None
+    if not found and error:
+        raise error('no stock QEMU: see stock-qemu\'s error above')
+    return found or None

@@ -78,7 +78,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -813,17 +812,6 @@ def check_requirements(args):
         raise StressError('this fio has no nbd engine')
 
 
-def make_workdir(path):
-    if path is None:
-        return tempfile.mkdtemp(prefix='sqemu-stress-', dir='/var/tmp')
-    path = os.path.abspath(path)
-    try:
-        os.makedirs(path)
-    except FileExistsError:
-        raise StressError('--workdir %s already exists' % path)
-    return path
-
-
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Check sQemu\'s I/O path under load and faults: the '
@@ -900,12 +888,10 @@ def main():
     status = 1
     try:
         if args.stock is None:
-            args.stock = paths.stock_dir()
-            if not args.stock:
-                raise StressError('no stock QEMU: see stock-qemu\'s error '
-                                  'above')
+            args.stock = paths.stock_dir(StressError)
         check_requirements(args)
-        workdir = make_workdir(args.workdir)
+        workdir = util.make_workdir(args.workdir, 'sqemu-stress-',
+                                    StressError)
         # Unix socket paths are limited to 107 bytes
         if len(os.path.join(workdir, 'mixed', 'nbd.sock')) > 100:
             raise StressError('--workdir path too long for unix sockets')

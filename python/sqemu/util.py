@@ -4,9 +4,11 @@
 # line, percentiles of latencies.
 
 import argparse
+import os
 import re
 import signal
 import sys
+import tempfile
 
 
 def parse_size(text, example='512M, 1G'):
@@ -42,6 +44,18 @@ def percentiles(values):
     return 'n=%d  median %.2f ms  p99 %.2f ms  max %.2f ms' % (
         len(v), v[len(v) // 2] * 1e3, v[int(len(v) * 0.99)] * 1e3,
         v[-1] * 1e3)
+
+
+def make_workdir(path, prefix, error):
+    """A new work directory: @path, which must not exist yet (else
+    exception @error), or a new one under /var/tmp named @prefix..."""
+    if path is None:
+        return tempfile.mkdtemp(prefix=prefix, dir='/var/tmp')
+    try:
+        os.makedirs(path)
+    except FileExistsError:
+        raise error('--workdir %s already exists' % os.path.abspath(path))
+    return os.path.abspath(path)
 
 
 def _exit(signum, _frame):

@@ -96,3 +96,13 @@ def test_qmp_monitor_missing_socket(tmp_path):
     with pytest.raises(NoMonitor) as e:
         qmp.Monitor(path, 0.2, NoMonitor)
     assert str(e.value) == 'no QMP monitor at %s' % path
+
+
+def test_make_workdir(tmp_path):
+    class Failed(Exception):
+        pass
+    new = tmp_path / 'work'
+    assert util.make_workdir(str(new), 'x-', Failed) == str(new)
+    assert new.is_dir()
+    with pytest.raises(Failed, match='--workdir %s already exists' % new):
+        util.make_workdir(str(new), 'x-', Failed)
