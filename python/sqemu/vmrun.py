@@ -1,5 +1,4 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Boot the sQemu test guest on a disk image, run a workload, report results.
 """Boot the sQemu test guest on a disk image and report what it measured.
 
 Two guests: the initramfs guest (scripts/sqemu/mkguest, the default) and the
@@ -36,12 +35,9 @@ from pathlib import Path
 from sqemu import paths, util
 from sqemu import qmp as sqemu_qmp
 
-# Default: Debian's stock qemu-system-x86_64, from its packages
-# (scripts/sqemu/stock-qemu; /usr/bin is sQemu's once it is installed)
 DEFAULT_GUEST_DIR = Path("build/guest")
 MKGUEST = Path(paths.SCRIPTS) / "mkguest"
 MKIMAGE = Path(paths.SCRIPTS) / "mkimage"
-MKCHAIN = Path(paths.SCRIPTS) / "mkchain"
 DEFAULT_DEBIAN_DIR = Path("build/guest-debian")
 GUEST_FILES = {"initramfs": ("vmlinuz", "initramfs.cpio.gz"),
                "debian": ("vmlinuz", "initrd.img", "debian.qcow2")}
@@ -725,6 +721,7 @@ def parse_args():
         args.guest_dir = (DEFAULT_GUEST_DIR if args.guest == "initramfs"
                           else DEFAULT_DEBIAN_DIR)
     if args.qemu is None:
+        # Debian's, from its packages (/usr/bin is sQemu's once installed)
         stock = paths.stock_dir()
         if not stock:
             parser.error("no stock QEMU: see stock-qemu's error above")
