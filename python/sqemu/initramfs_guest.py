@@ -1,5 +1,4 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Build the sQemu test guest (kernel + busybox initramfs) from Debian packages.
 """Build a small initramfs guest for sQemu benchmarks.
 
 The guest is the host's Debian kernel plus a gzip'ed newc cpio archive that

@@ -1,5 +1,4 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Write a guest's uncompressed kernel, which QEMU boots through its PVH entry.
 """Write DIR/vmlinux, the uncompressed ELF kernel inside DIR/vmlinuz.
 
 QEMU boots an ELF kernel that carries a PVH entry note (Linux with
@@ -19,14 +18,14 @@ vmlinuz), 2 on bad usage.
 
 import argparse
 import lzma
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
+
+from sqemu.initramfs_guest import install_file
 
 # XEN_ELFNOTE_PHYS32_ENTRY, the note QEMU looks for to boot a PVH kernel
 PVH_NOTE_TYPE = 18
@@ -119,15 +118,7 @@ def write_vmlinux(guest_dir):
     if not vmlinuz.is_file():
         raise KernelError(f"{vmlinuz} not found")
     elf, compression = extract(vmlinuz)
-    fd, tmp = tempfile.mkstemp(dir=guest_dir, prefix=".vmlinux.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(elf)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, guest_dir / "vmlinux")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    install_file(guest_dir / "vmlinux", lambda out: out.write(elf))
     return len(elf), compression
 
 
