@@ -1,5 +1,4 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Build the sQemu Debian guest disk image from Debian packages (debootstrap).
 """Build a Debian guest disk image for the sQemu evaluation.
 
 debootstrap installs a minimal Debian (the host's suite by default) with a
@@ -42,8 +41,7 @@ import tempfile
 from pathlib import Path
 
 from sqemu import paths, util
-
-SCRIPT_DIR = paths.SCRIPTS
+from sqemu.proc import run_child
 
 DEFAULT_OUTPUT_DIR = Path("build/guest-debian")
 DEFAULT_SIZE = "2G"
@@ -309,10 +307,8 @@ def configure_root(root):
     dropin = root / "etc/systemd/system/serial-getty@ttyS0.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "autologin.conf").write_text(AUTOLOGIN)
-    runner = root / "usr/local/sbin/sqemu-workload"
-    runner.write_text(WORKLOAD)
-    runner.chmod(0o755)
-    for name, text in (("sqemu-init", INIT), ("sqemu-writer", WRITER)):
+    for name, text in (("sqemu-workload", WORKLOAD), ("sqemu-init", INIT),
+                       ("sqemu-writer", WRITER)):
         path = root / "usr/local/sbin" / name
         path.write_text(text)
         path.chmod(0o755)
@@ -344,15 +340,11 @@ def configure_root(root):
 def write_pvh_kernel(output_dir):
     """DIR/vmlinux for a faster boot (scripts/sqemu/pvh-kernel); without
     it vmrun boots vmlinuz, so a failure is only a warning."""
-    stale = output_dir / "vmlinux"
-    if stale.exists():
-        stale.unlink()
-    done = subprocess.run([sys.executable, os.path.join(SCRIPT_DIR,
-                                                        "pvh-kernel"),
-                           str(output_dir)], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)
-    print("mkimage: " + ("" if done.returncode == 0 else "warning: ") +
-          done.stdout.strip(), file=sys.stderr)
+    (output_dir / "vmlinux").unlink(missing_ok=True)
+    status, output = run_child([sys.executable, paths.script("pvh-kernel"),
+                                str(output_dir)])
+    print("mkimage: " + ("" if status == 0 else "warning: ") +
+          output.strip(), file=sys.stderr)
 
 
 def boot_files(root):
