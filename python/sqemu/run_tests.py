@@ -35,8 +35,7 @@ from xml.etree import ElementTree
 from sqemu import paths
 
 TOP = paths.REPO_TOP
-OBJ = os.path.join(TOP, 'build', 'qemu')
-IOTESTS = os.path.join(OBJ, 'tests', 'qemu-iotests')
+IOTESTS = os.path.join(paths.BUILD, 'tests', 'qemu-iotests')
 KNOWN = os.path.join(TOP, 'tests', 'qemu-iotests', 'sqemu-known-failures')
 BI_EXCLUDED = os.path.join(TOP, 'tests', 'qemu-iotests',
                            'sqemu-backing-index-excluded')
@@ -108,20 +107,18 @@ def log(msg):
 
 
 def build():
-    subprocess.run([os.path.join(TOP, 'scripts', 'sqemu', 'install-deps'),
-                    'tests'], check=True)
+    subprocess.run([paths.script('install-deps'), 'tests'], check=True)
     log('building (make)')
     subprocess.run(['make', '-C', TOP, '--no-print-directory'], check=True)
 
 
 def python_sources():
     """The package and the commands written in Python"""
-    scripts = os.path.join(TOP, 'scripts', 'sqemu')
     commands = []
-    for name in sorted(os.listdir(scripts)):
-        with open(os.path.join(scripts, name), 'rb') as f:
+    for name in sorted(os.listdir(paths.SCRIPTS)):
+        with open(paths.script(name), 'rb') as f:
             if f.readline().startswith(b'#!/usr/bin/python3'):
-                commands.append(os.path.join(scripts, name))
+                commands.append(paths.script(name))
     return [os.path.join(TOP, 'python', 'sqemu')] + commands
 
 
@@ -157,9 +154,9 @@ def run_python_tests(tally):
 
 def run_unit_tests(tally):
     log('cmocka unit tests (meson suite sqemu)')
-    res = subprocess.run(['meson', 'test', '-C', OBJ, '--no-rebuild',
+    res = subprocess.run(['meson', 'test', '-C', paths.BUILD, '--no-rebuild',
                           '--suite', 'sqemu', '--print-errorlogs'])
-    logfile = os.path.join(OBJ, 'meson-logs', 'testlog.json')
+    logfile = os.path.join(paths.BUILD, 'meson-logs', 'testlog.json')
     seen = 0
     with open(logfile) as f:
         for line in f:
@@ -264,14 +261,10 @@ def read_test_list(path):
     return tests
 
 
-def timing_dependent():
-    return read_test_list(TIMING)
-
-
 def rerun_timing_dependent(tally, suite, results, args, env):
     """Run each failed test of @results that sqemu-timing-dependent names
     again alone, up to RERUNS times; a pass replaces its result."""
-    timing = timing_dependent()
+    timing = read_test_list(TIMING)
     for test, status in sorted(results.items()):
         if status != 'fail' or test not in timing:
             continue
@@ -284,14 +277,6 @@ def rerun_timing_dependent(tally, suite, results, args, env):
                 results[test] = 'pass'
                 tally.note(suite, 'timing-dependent, passed on re-run', test)
                 break
-
-
-def known_failures():
-    return read_test_list(KNOWN)
-
-
-def bi_excluded():
-    return read_test_list(BI_EXCLUDED)
 
 
 def tally_iotests(tally, suite, results, known, excluded=None,
@@ -343,7 +328,8 @@ def run_upstream_bi(tally):
     rerun_timing_dependent(tally, 'upstream-iotests-bi', results,
                            ['-o', BI_OPTION], env)
     tally_iotests(tally, 'upstream-iotests-bi', results,
-                  known_failures(), bi_excluded(), reasons)
+                  read_test_list(KNOWN), read_test_list(BI_EXCLUDED),
+                  reasons)
 
 
 def main():
@@ -413,8 +399,8 @@ def main():
         reasons = {}
         results = run_iotests(['-g', 'quick'], None, reasons)
         rerun_timing_dependent(tally, 'upstream-iotests', results, [], None)
-        tally_iotests(tally, 'upstream-iotests', results, known_failures(),
-                      reasons=reasons)
+        tally_iotests(tally, 'upstream-iotests', results,
+                      read_test_list(KNOWN), reasons=reasons)
     if 'iotests-bi' in stages:
         run_upstream_bi(tally)
     tally.summary()
