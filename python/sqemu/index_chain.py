@@ -12,16 +12,10 @@ use.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
 from sqemu import paths
-
-
-def default_qemu_img():
-    built = os.path.join(paths.BUILD, 'qemu-img')
-    return built if os.access(built, os.X_OK) else 'qemu-img'
 
 
 def chain_of(qemu_img, top):
@@ -40,15 +34,15 @@ def main():
     parser.add_argument('top', help='the top image of the chain')
     parser.add_argument('--off', action='store_true',
                         help='strip the index from every layer instead')
-    parser.add_argument('--qemu-img', default=default_qemu_img(),
+    parser.add_argument('--qemu-img',
+                        default=paths.find_tool(paths.BUILD, 'qemu-img') or
+                        'qemu-img',
                         help="sQemu's qemu-img (default: %(default)s)")
     parser.add_argument('-n', '--dry-run', action='store_true',
                         help='print the commands without running them')
     args = parser.parse_args()
 
     images = chain_of(args.qemu_img, args.top)
-    value = 'off' if args.off else 'on'
-    done = 0
     if not args.off:
         # One command indexes the whole chain
         cmd = [args.qemu_img, 'amend', '-f', 'qcow2', '-o',
@@ -63,13 +57,14 @@ def main():
               (sum(image.get('format') == 'qcow2' for image in images),
                len(images)))
         return
+    done = 0
     for image in reversed(images):
         if image.get('format') != 'qcow2':
             print('skipping %s (%s)' % (image['filename'],
                                         image.get('format')))
             continue
         cmd = [args.qemu_img, 'amend', '-f', 'qcow2',
-               '-o', 'backing-index=' + value, image['filename']]
+               '-o', 'backing-index=off', image['filename']]
         print(' '.join(cmd), flush=True)
         if args.dry_run:
             continue
@@ -78,5 +73,5 @@ def main():
                      'done, the ones above are not' % image['filename'])
         done += 1
     if not args.dry_run:
-        print('index-chain: %s %d qcow2 layer(s) of %d' %
-              ('stripped' if args.off else 'indexed', done, len(images)))
+        print('index-chain: stripped %d qcow2 layer(s) of %d' %
+              (done, len(images)))
