@@ -16,10 +16,6 @@ import tempfile
 
 from sqemu import paths
 
-TOP = paths.REPO_TOP
-SCRIPTS = paths.SCRIPTS
-OBJ = paths.BUILD
-
 
 def step(msg):
     print('\n=== demo: %s ===' % msg, flush=True)
@@ -32,10 +28,10 @@ def run(*cmd):
 def boot(qemu, top, workdir, name, accel, args):
     """Boot the test guest on @top with @qemu; return vmrun's JSON."""
     result = os.path.join(workdir, name + '.json')
-    run(os.path.join(SCRIPTS, 'vmrun'), '--disk', top, '--qemu', qemu,
+    run(paths.script('vmrun'), '--disk', top, '--qemu', qemu,
         '--workload', 'dd', '--accel', accel,
         '--kvm-probe-timeout', str(args.kvm_probe_timeout),
-        '--guest-dir', os.path.join(TOP, 'build', 'guest'),
+        '--guest-dir', os.path.join(paths.REPO_TOP, 'build', 'guest'),
         '--json', result)
     with open(result) as f:
         return json.load(f)
@@ -44,7 +40,7 @@ def boot(qemu, top, workdir, name, accel, args):
 def has_sqemu_io_path():
     """The I/O path comes with its qemu-io counters command (issue 4)"""
     help_text = subprocess.run(
-        [os.path.join(OBJ, 'qemu-io'), '-c', 'help'],
+        [os.path.join(paths.BUILD, 'qemu-io'), '-c', 'help'],
         text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
     return 'sqemu-stats' in help_text
 
@@ -69,38 +65,38 @@ def _main():
     args = parser.parse_args()
 
     step('installing what is needed')
-    run(os.path.join(SCRIPTS, 'install-deps'), 'runtime')
+    run(paths.script('install-deps'), 'runtime')
     if not args.no_build:
         step('building sQemu')
-        run('make', '-C', TOP, '--no-print-directory')
+        run('make', '-C', paths.REPO_TOP, '--no-print-directory')
 
     step('benchmark: stock QEMU against sQemu at 1 and %d layers'
          % args.layers)
     # One sequential pass per build: at 500 layers one pass of stock QEMU
     # over 1 GiB takes minutes here.
-    run(os.path.join(SCRIPTS, 'bench'), '--lengths', '1,%d' % args.layers,
+    run(paths.script('bench'), '--lengths', '1,%d' % args.layers,
         '--size', args.size, '--repeat', '1')
 
     workdir = tempfile.mkdtemp(prefix='sqemu-demo-', dir='/var/tmp')
     try:
         step('making a %d-layer chain of a %s disk' % (args.layers, args.size))
         chain = os.path.join(workdir, 'chain')
-        mkchain = [os.path.join(SCRIPTS, 'mkchain'), chain,
+        mkchain = [paths.script('mkchain'), chain,
                    '-n', str(args.layers), '-s', args.size,
-                   '--qemu-img', os.path.join(OBJ, 'qemu-img'),
-                   '--qemu-io', os.path.join(OBJ, 'qemu-io')]
+                   '--qemu-img', os.path.join(paths.BUILD, 'qemu-img'),
+                   '--qemu-io', os.path.join(paths.BUILD, 'qemu-io')]
         if has_sqemu_io_path():
             # As a cloud makes it: live snapshots, each indexed by L2 copy
             mkchain += ['--live', '-o', 'backing-index=on',
                         '--qemu-storage-daemon',
-                        os.path.join(OBJ, 'storage-daemon',
+                        os.path.join(paths.BUILD, 'storage-daemon',
                                      'qemu-storage-daemon')]
         top = subprocess.run(mkchain, check=True, text=True,
                              stdout=subprocess.PIPE).stdout.strip()
 
         step('booting sQemu\'s qemu-system-x86_64 on the chain')
-        ours = boot(os.path.join(OBJ, 'qemu-system-x86_64'), top, workdir,
-                    'ours', args.accel, args)
+        ours = boot(os.path.join(paths.BUILD, 'qemu-system-x86_64'), top,
+                    workdir, 'ours', args.accel, args)
         step('booting stock QEMU on the same chain, for comparison')
         # Debian's stock QEMU, from its packages (/usr/bin is sQemu's once
         # it is installed)

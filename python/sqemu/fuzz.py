@@ -29,8 +29,8 @@ import tempfile
 from sqemu import paths, util
 
 TOP = paths.REPO_TOP
-SRC = os.path.join(TOP, 'build', 'src')
-OBJ = os.path.join(TOP, 'build', 'qemu')
+SRC = paths.SRC
+OBJ = paths.BUILD
 HARNESS = os.path.join(TOP, 'tests', 'unit', 'fuzz-qcow2-backing-index.c')
 CORPUS = os.path.join(TOP, 'tests', 'unit', 'fuzz-qcow2-backing-index-corpus')
 CRASHES = os.path.join(TOP, 'tests', 'unit',

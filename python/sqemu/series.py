@@ -20,7 +20,7 @@ import tempfile
 from sqemu import paths
 
 TOP = paths.REPO_TOP
-SRC = os.path.join(TOP, 'build', 'src')
+SRC = paths.SRC
 PATCHES = os.path.join(TOP, 'patches')
 IDENT = ['-c', 'user.name=sQemu developers',
          '-c', 'user.email=sqemu@localhost']
