@@ -230,15 +230,14 @@ def prepare(dsc, srcdir, version):
             text = f.read()
         with open(path, 'w') as f:
             f.write(restrict_control(text))
-    # debian/rules regenerates control from control-in when it is older
-    # than either: keep the generated one newer
-    os.utime(os.path.join(debian, 'control'))
 
     run(['patch', '-s', '-p1', '-d', srcdir, '-i', RULES_PATCH])
     # The qtest accelerator modules that the rules now keep
     with open(os.path.join(debian, 'qemu-system-common.install'), 'a') as f:
         f.write('# sQemu: qemu-iotests run their VMs under -accel qtest\n'
                 'debian/tmp/usr/lib/*/qemu/accel-qtest-*.so\n')
+    # debian/rules regenerates control from control-in when it is older
+    # than either: keep the generated one newer
     os.utime(os.path.join(debian, 'control'))
 
     head = git('rev-parse', '--short', 'HEAD')
