@@ -93,13 +93,10 @@ def control_options(control_text, os_name, arch):
         patterns = next((f.strip() for f in fields[1:] if f.strip()), '')
         # A comment after the patterns ("# is it ...") is not a pattern
         patterns = patterns.split('#')[0].strip()
-        if not patterns:
-            for opt in option.split():
-                result.append((opt, True))
-            continue
         alts = [p.strip() for p in patterns.split('|') if p.strip()]
         full = '%s-%s' % (os_name, arch)
-        by_script = any(fnmatch.fnmatchcase(full, p) for p in alts)
+        by_script = not alts or any(fnmatch.fnmatchcase(full, p)
+                                    for p in alts)
         by_debian = any(debian_arch_matches(p, os_name, arch) for p in alts)
         if by_script or by_debian:
             for opt in option.split():
