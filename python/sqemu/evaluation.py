@@ -51,15 +51,13 @@ from sqemu.evaluation_setup import (
     LIVESNAP_DISK, LIVESNAP_HEADER, LIVESNAP_INTERVAL, ROCKSDB_SMALL_CACHE,
     ROCKSDB_VALUE, SCALES, SNAP_FILL)
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-VMRUN = os.path.join(SCRIPT_DIR, 'vmrun')
-MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
-MKIMAGE = os.path.join(SCRIPT_DIR, 'mkimage')
-INSTALL_DEPS = os.path.join(SCRIPT_DIR, 'install-deps')
-DEFAULT_OUT = os.path.join(REPO_TOP, 'docs')
-DEFAULT_DEBIAN_DIR = os.path.join(REPO_TOP, 'build', 'guest-debian')
-DEFAULT_INITRAMFS_DIR = os.path.join(REPO_TOP, 'build', 'guest')
+VMRUN = paths.script('vmrun')
+MKCHAIN = paths.script('mkchain')
+MKIMAGE = paths.script('mkimage')
+INSTALL_DEPS = paths.script('install-deps')
+DEFAULT_OUT = os.path.join(paths.REPO_TOP, 'docs')
+DEFAULT_DEBIAN_DIR = os.path.join(paths.REPO_TOP, 'build', 'guest-debian')
+DEFAULT_INITRAMFS_DIR = os.path.join(paths.REPO_TOP, 'build', 'guest')
 
 
 class EvalError(Exception):
@@ -118,12 +116,8 @@ def find_builds(args):
             raise EvalError('%s qemu-system-x86_64 not found at %s' %
                             (build, path))
         builds[build]['qemu-system-x86_64'] = path
-    for build in builds:
-        builds[build] = {'binaries': builds[build],
-                         'version': bench.execute(
-                             [builds[build]['qemu-img'], '--version']
-                         )[0].splitlines()[0]}
-    return builds
+    return {build: bench.describe_build(tools)
+            for build, tools in builds.items()}
 
 
 def choose_accel(args, builds, chaindir):
@@ -537,8 +531,7 @@ def evaluate(args):
     if args.from_json:
         with open(args.from_json) as f:
             report = json.load(f)
-        values = evaluation_report.write_report(args, report, args.out,
-                                                progress)
+        values = evaluation_report.write_report(report, args.out, progress)
         print('wrote %s from %s' % (os.path.join(args.out, 'evaluation.md'),
                                     args.from_json))
         for key, value in sorted(values.items()):
@@ -592,8 +585,7 @@ def evaluate(args):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report['seconds'] = time.monotonic() - started
-    values = evaluation_report.write_report(args, report, args.out,
-                                            progress)
+    values = evaluation_report.write_report(report, args.out, progress)
     print('wrote %s' % os.path.join(args.out, 'evaluation.md'))
     for key, value in sorted(values.items()):
         print('%s: %.3f' % (key, value))

@@ -75,11 +75,20 @@ def write_plots(report, outdir, progress):
                  'chain length', True),
         'snapshot': ('snapshot', 'size', 'time_s', 1000,
                      'qemu-img create -b (ms)', 'disk size (GiB)', False),
+        'cache': ('cache', 'cache_bytes', 'iops', 1,
+                  'guest fio 4 KiB random read IOPS', 'total L2 cache (MiB)',
+                  False),
     }
-    panels['cache'] = ('cache', 'cache_bytes', 'iops', 1,
-                       'guest fio 4 KiB random read IOPS',
-                       'total L2 cache (MiB)', False)
     files = {}
+
+    def save(fig, ax, name):
+        ax.legend()
+        ax.set_title('%s (%s)' % (name, report['accelerator']))
+        fig.tight_layout()
+        files[name] = 'eval-%s.png' % name
+        fig.savefig(os.path.join(outdir, 'eval', files[name]), dpi=100)
+        plt.close(fig)
+
     for name, (figure, xkey, ykey, scale, ylabel, xlabel, logx) in \
             panels.items():
         if not report.get(figure):
@@ -103,12 +112,7 @@ def write_plots(report, outdir, progress):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend()
-        ax.set_title('%s (%s)' % (name, report['accelerator']))
-        fig.tight_layout()
-        files[name] = 'eval-%s.png' % name
-        fig.savefig(os.path.join(outdir, 'eval', files[name]), dpi=100)
-        plt.close(fig)
+        save(fig, ax, name)
     if report.get('rocksdb'):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         bars = sorted({(r['layers'], r['cache']) for r in report['rocksdb']})
@@ -122,13 +126,14 @@ def write_plots(report, outdir, progress):
         ax.set_xticks([j + 0.2 for j in range(len(bars))])
         ax.set_xticklabels(['N=%d\n%s' % b for b in bars])
         ax.set_ylabel('db_bench readrandom (ops/s)')
-        ax.legend()
-        ax.set_title('rocksdb (%s)' % report['accelerator'])
-        fig.tight_layout()
-        files['rocksdb'] = 'eval-rocksdb.png'
-        fig.savefig(os.path.join(outdir, 'eval', files['rocksdb']), dpi=100)
-        plt.close(fig)
+        save(fig, ax, 'rocksdb')
     return files
+
+
+def plot_lines(plots, *names):
+    """The markdown that shows the plots of @names that were drawn"""
+    return [line for name in names if name in plots
+            for line in ('![%s](eval/%s)' % (name, plots[name]), '')]
 
 
 def md_table(header, body):
@@ -219,18 +224,15 @@ def section_dd(report, plots):
                       'overhead without TCG code MiB'), body), '']
     text += memory_reason(report)
     text += ['Paper: %s; %s.' % (PAPER['dd'], PAPER['memory']), '']
-    for name in ('dd', 'memory'):
-        if name in plots:
-            text += ['![%s](eval/%s)' % (name, plots[name]), '']
-    return text
+    return text + plot_lines(plots, 'dd', 'memory')
 
 
 def section_boot(report, plots):
     body = [(r['layers'], r['build'], fmt(r['boot_s'], '.1f'),
-             fmt(r['peak_rss_kib'] / 1024, '.1f'))
+             mib(r['peak_rss_kib']))
             for r in sorted(report['boot'],
                             key=lambda r: (r['layers'], r['build']))]
-    text = ['## Boot time against chain length', '',
+    return ['## Boot time against chain length', '',
             'The Debian guest (scripts/sqemu/mkimage: debootstrap, systemd, '
             'fio, rocksdb-tools) boots from a root disk at the top of an '
             'N-layer chain (mkchain --base: layer 1 is the image, the layers '
@@ -252,10 +254,7 @@ def section_boot(report, plots):
              KERNEL_NOTE.get(report.get('boot_kernel'), '')),
             '',
             md_table(('N', 'build', 'boot s', 'peak RSS MiB'), body), '',
-            'Paper: %s.' % PAPER['boot'], '']
-    if 'boot' in plots:
-        text += ['![boot](eval/%s)' % plots['boot'], '']
-    return text
+            'Paper: %s.' % PAPER['boot'], ''] + plot_lines(plots, 'boot')
 
 
 def section_snapshot(report, plots):
@@ -263,19 +262,17 @@ def section_snapshot(report, plots):
              fmt(r['growth_bytes'] / 1024, '.0f'))
             for r in sorted(report['snapshot'],
                             key=lambda r: (r['size'], r['build']))]
-    text = ['## Snapshot creation against disk size', '',
+    return ['## Snapshot creation against disk size', '',
             '`qemu-img create -f qcow2 -b TOP -F qcow2 SNAP`, stock against '
             'ours with `-o backing-index=on` (L2 copy), on a one-layer disk '
             'with %d%% of its clusters written; median of the runs, and the '
             'new file\'s allocated size.' % (SNAP_FILL * 100), '',
             md_table(('GiB', 'build', 'create ms', 'new file KiB'), body), '',
-            'Paper: %s.' % PAPER['snapshot'], '']
-    if 'snapshot' in plots:
-        text += ['![snapshot](eval/%s)' % plots['snapshot'], '']
-    return text
+            'Paper: %s.' % PAPER['snapshot'],
+            ''] + plot_lines(plots, 'snapshot')
 
 
-def section_counters(report):
+def section_counters(report, _plots):
     keys = ('lookups', 'hits', 'misses', 'hit-unallocated', 'corrections',
             'lower-slice-reads', 'direct-reads', 'vanilla-fallbacks')
     present = [k for k in keys
@@ -291,10 +288,10 @@ def section_counters(report):
 def section_cache(report, plots):
     disk = report.get('cache_disk', 1 << 30)
     body = [(r['cache_bytes'] >> 10, r['build'], fmt(r['iops'], '.0f'),
-             fmt(r['overhead_kib'] and r['overhead_kib'] / 1024, '.1f'))
+             mib(r['overhead_kib']))
             for r in sorted(report['cache'],
                             key=lambda r: (r['cache_bytes'], r['build']))]
-    text = ['## In-guest fio random reads against L2 cache size', '',
+    return ['## In-guest fio random reads against L2 cache size', '',
             'fio (4 KiB random reads, QD16, libaio, O_DIRECT, %s s) in the '
             'Debian guest on a %d-layer chain of a %d MiB disk with %d KiB '
             'clusters, %d%% of them written, spread uniformly over the '
@@ -320,10 +317,7 @@ def section_cache(report, plots):
                 CACHE_ENTRY, CACHE_LAYERS), '',
             md_table(('total cache KiB', 'build', 'IOPS', 'overhead MiB'),
                      body), '',
-            'Paper: %s.' % PAPER['cache'], '']
-    if 'cache' in plots:
-        text += ['![cache](eval/%s)' % plots['cache'], '']
-    return text
+            'Paper: %s.' % PAPER['cache'], ''] + plot_lines(plots, 'cache')
 
 
 def section_rocksdb(report, plots):
@@ -337,9 +331,8 @@ def section_rocksdb(report, plots):
                  if r['build'] == 'ours' and stock['ops_per_s'] else None)
         body.append((r['layers'], r['cache'], r['build'],
                      fmt(r['ops_per_s'], '.0f'), fmt(ratio, '.2f'),
-                     fmt(r['overhead_kib'] and r['overhead_kib'] / 1024,
-                         '.1f')))
-    text = ['## RocksDB readrandom at N=50 and N=500', '',
+                     mib(r['overhead_kib'])))
+    return ['## RocksDB readrandom at N=50 and N=500', '',
             'A RocksDB database (db_bench fillseq of %s keys with %d-byte '
             'values, uncompressed, then compacted, on the host) on an ext4 '
             'disk of %s MiB is the base of an N-layer chain (mkchain --base: '
@@ -358,13 +351,10 @@ def section_rocksdb(report, plots):
                 ROCKSDB_SMALL_CACHE >> 10), '',
             md_table(('N', 'cache', 'build', 'ops/s', 'ours / stock',
                       'overhead MiB'), body), '',
-            'Paper: %s.' % PAPER['rocksdb'], '']
-    if 'rocksdb' in plots:
-        text += ['![rocksdb](eval/%s)' % plots['rocksdb'], '']
-    return text
+            'Paper: %s.' % PAPER['rocksdb'], ''] + plot_lines(plots, 'rocksdb')
 
 
-def section_livesnap(report):
+def section_livesnap(report, _plots):
     body = [(r['build'], r['snapshots'],
              fmt(r['snapshot_ms_median'], '.0f'),
              fmt(r['snapshot_ms_max'], '.0f'),
@@ -412,7 +402,7 @@ def repeat_spread(report, figure):
     return max(spreads) if spreads else None
 
 
-def write_report(args, report, outdir, progress):
+def write_report(report, outdir, progress):
     os.makedirs(os.path.join(outdir, 'eval'), exist_ok=True)
     plots = write_plots(report, outdir, progress)
     values = target_values(report)
@@ -450,20 +440,14 @@ def write_report(args, report, outdir, progress):
              'largest of the two; a ratio of two fastest times can be off '
              'by about that much either way, so a goal within it is not '
              'decided by this run.', '']
-    if report['dd']:
-        text += section_dd(report, plots)
-    if report['boot']:
-        text += section_boot(report, plots)
-    if report['snapshot']:
-        text += section_snapshot(report, plots)
-    if report['counters']:
-        text += section_counters(report)
-    if report.get('cache'):
-        text += section_cache(report, plots)
-    if report.get('rocksdb'):
-        text += section_rocksdb(report, plots)
-    if report.get('livesnap'):
-        text += section_livesnap(report)
+    for figure, section in (('dd', section_dd), ('boot', section_boot),
+                            ('snapshot', section_snapshot),
+                            ('counters', section_counters),
+                            ('cache', section_cache),
+                            ('rocksdb', section_rocksdb),
+                            ('livesnap', section_livesnap)):
+        if report.get(figure):
+            text += section(report, plots)
     with open(os.path.join(outdir, 'evaluation.md'), 'w') as f:
         f.write('\n'.join(text))
     with open(os.path.join(outdir, 'eval', 'eval.json'), 'w') as f:
