@@ -89,8 +89,7 @@ def layer_path(chain, depth, layers):
     return os.path.join(chain, sqemu_chain.layer_name(depth, layers))
 
 
-def progress(text):
-    print('amend-pause: ' + text, file=sys.stderr, flush=True)
+progress = util.printer('amend-pause', stderr=True)
 
 
 class Client(threading.Thread):

@@ -112,12 +112,8 @@ def make_templates(args, outdir, tmp):
     placeholder = layer_name(1, args.layers)
     for path, backing in ((base, []),
                           (overlay, ['-u', '-b', placeholder, '-F', 'qcow2'])):
-        res = subprocess.run([args.qemu_img, 'create', '-q', '-f', 'qcow2',
-                              '-o', opts, *backing, path, str(args.size)],
-                             text=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-        if res.returncode != 0:
-            raise ChainError('qemu-img create failed: ' + res.stdout.strip())
+        qemu_img(args.qemu_img, 'create', '-q', '-f', 'qcow2', '-o', opts,
+                 *backing, path, str(args.size))
     return base, overlay
 
 
@@ -204,16 +200,11 @@ def create_live(args, outdir, where, tmp):
         opts += ',' + args.options
     base = os.path.join(outdir, layer_name(1, args.layers))
     if args.base:
-        cmd = [args.qemu_img, 'convert', '-O', 'qcow2', '-o', opts,
-               args.base, base]
+        qemu_img(args.qemu_img, 'convert', '-O', 'qcow2', '-o', opts,
+                 args.base, base)
     else:
-        cmd = [args.qemu_img, 'create', '-q', '-f', 'qcow2', '-o', opts,
-               base, str(args.size)]
-    res = subprocess.run(cmd, text=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    if res.returncode != 0:
-        raise ChainError('qemu-img %s failed: %s' % (cmd[1],
-                                                     res.stdout.strip()))
+        qemu_img(args.qemu_img, 'create', '-q', '-f', 'qcow2', '-o', opts,
+                 base, str(args.size))
     blockdev = {'driver': 'qcow2', 'node-name': 'layer1',
                 'file': {'driver': 'file', 'filename': base}}
     # The daemon prints a line per snapshot: into its log file, not a pipe
@@ -246,15 +237,21 @@ def create_live(args, outdir, where, tmp):
         daemon.stop(60)
 
 
-def image_size(qemu_img, image):
-    """Virtual size of an image, from qemu-img info."""
-    res = subprocess.run([qemu_img, 'info', '--output=json', image],
-                         text=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
+def qemu_img(binary, command, *args):
+    """Run qemu-img @command; its output (stdout and stderr).  A failure
+    is a ChainError with the output."""
+    res = subprocess.run([binary, command, *args], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if res.returncode != 0:
-        raise ChainError('qemu-img info %s failed: %s' %
-                         (image, res.stdout.strip()))
-    return json.loads(res.stdout)['virtual-size']
+        raise ChainError('qemu-img %s failed: %s' % (command,
+                                                     res.stdout.strip()))
+    return res.stdout
+
+
+def image_size(binary, image):
+    """Virtual size of an image, from qemu-img info."""
+    return json.loads(qemu_img(binary, 'info', '--output=json',
+                               image))['virtual-size']
 
 
 def scratch_parent(candidates=None):

@@ -27,7 +27,7 @@ import textwrap
 import threading
 import time
 
-from sqemu import paths
+from sqemu import paths, util
 
 TOP = paths.REPO_TOP
 CACHE = os.environ.get('SQEMU_CACHE',
@@ -61,8 +61,7 @@ class MkdebError(Exception):
     pass
 
 
-def say(msg):
-    print('mkdeb: %s' % msg, flush=True)
+say = util.printer('mkdeb')
 
 
 def run(cmd, **kwargs):

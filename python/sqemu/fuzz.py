@@ -52,8 +52,7 @@ class FuzzError(Exception):
     pass
 
 
-def say(msg):
-    print('fuzz: %s' % msg, flush=True)
+say = util.printer('fuzz')
 
 
 def run(cmd, **kwargs):

@@ -32,7 +32,7 @@ import tempfile
 import time
 from xml.etree import ElementTree
 
-from sqemu import paths
+from sqemu import paths, util
 
 TOP = paths.REPO_TOP
 IOTESTS = os.path.join(paths.BUILD, 'tests', 'qemu-iotests')
@@ -102,8 +102,7 @@ class Tally:
                     (suite, why, len(tests), ' '.join(tests)))
 
 
-def log(msg):
-    print('run-tests: %s' % msg, flush=True)
+log = util.printer('run-tests')
 
 
 def build():

@@ -14,55 +14,17 @@
 # compare first asks every layer for the block status of every extent:
 # 282 s for the two fresh 500-layer chains of 1 GiB here, against 44 s
 # for stock's dd of one), and compared 4k block by 4k block, so that a
-# mismatch is reported with its offsets.  Then:
+# mismatch is reported with its offsets.
 #
-# mixed: one deterministic fio job (nbd engine, 4k randrw 50/50, QD32,
-#   fixed seed and io size, random map on so that each block is touched at
-#   most once, verify=crc32c) runs against ours' qemu-storage-daemon
-#   exporting the ours chain and against stock's exporting the stock chain.
-#   Both must pass fio's verification, issue the same I/O (their
-#   write_iologs), and leave chains that stock reads identically; ours
-#   must read its chain as stock does; ours' daemon must have read
-#   through the index during the load (query-blockstats), ours' qemu-img
-#   check must be clean and a full read through ours' qemu-io must be
-#   direct with no vanilla fallback.  fio puts time stamps
-#   into its verify headers unless latency accounting is off, so the job
-#   runs with disable_lat/clat/slat: the data it writes is then a function
-#   of the seed only.
-#
-# kill: ours' daemon exports the ours chain with writethrough=on (each
-#   acknowledged write is flushed before its reply); fio 4k randwrite QD32
-#   with verify=crc32c writes to it and the daemon gets SIGKILL a few
-#   seconds in.  ours' qemu-img check must then find nothing worse than
-#   leaked clusters; every write fio saw acknowledged must read back intact
-#   through a restarted daemon; no block outside the writes fio issued may
-#   have changed (against the stock chain, equal to the ours chain before
-#   the kill); and ours (qemu-img convert, which also uses block status)
-#   and stock must read the whole disk alike.
-#
-#   Which writes were acknowledged: fio 3.33's verify_state_save /
-#   verify_state_load cannot be relied on for this over a queue depth above
-#   one.  The saved state is the number of writes issued and the offsets
-#   of the last iodepth completions; on load, fio verifies every write
-#   issued before the last iodepth ones without looking (upstream issue
-#   #1950: a write that stalled earlier is assumed complete), and it
-#   decides where that window starts from the count of *completed* verify
-#   reads, so with reads in flight it verifies writes that were never
-#   acknowledged (measured here: 31 of the 32 writes in flight at the kill
-#   at QD32, 7 at QD1), which fail on a correct disk.  So the acknowledged
-#   writes are taken from fio's own completion latency log instead
-#   (write_lat_log with log_offset=1: one line per *successfully*
-#   completed I/O, with its offset), the issued ones from its write_iolog,
-#   and the verification is fio's: verify_only=1 over exactly the issued
-#   writes (same job and seed, io_size = issued writes x 4k, so that fio
-#   regenerates the same writes), with continue_on_error=verify so that it
-#   reports every bad block.  A bad block that was acknowledged fails the
-#   check; one that was not is expected (the write may not have landed).
-#   fio's verify of a write-only job checks each block's header (magic,
-#   offset, length, header CRC) and the CRC32C of its data; a stale block
-#   that fio wrote at the same offset in the mixed phase would pass that,
-#   which is why the comparison with the stock chain also requires every
-#   acknowledged block to differ from its content before the kill.
+# Then the phases, mixed (one deterministic fio randrw job against ours'
+# and stock's daemons: same I/O, same chains, fio's verify) and kill
+# (SIGKILL of ours' daemon under fio randwrite, then every acknowledged
+# write verified); what each checks: docs/sqemu.md, "Under load and
+# faults".
+# fio puts time stamps into its verify headers unless latency accounting
+# is off, so the jobs run with disable_lat/clat/slat: the data written is
+# then a function of the seed only.  Why the kill phase does not use fio's
+# verify_state_load: verify_acked() below.
 #
 # Every check prints a PASS or FAIL line; the last line is the summary.
 # The exit status is non-zero if any check failed or anything went wrong.
@@ -117,8 +79,7 @@ class StressError(Exception):
     pass
 
 
-def progress(message):
-    print('stress: ' + message, file=sys.stderr, flush=True)
+progress = util.printer('stress', stderr=True)
 
 
 def parse_size(text):
@@ -700,6 +661,18 @@ class Stress:
         return issued, set(acked)
 
     def verify_acked(self, daemon, rundir, issued, acked):
+        """fio's verify_only over exactly the @issued writes (same job and
+        seed, io_size = issued writes x 4k), continue_on_error=verify so
+        that every bad block is reported; a bad block fails the check if
+        it is in @acked, taken from fio's completion latency log (one line
+        per write completed successfully).  fio 3.33's verify_state_load
+        is no use here over QD > 1: it treats every write issued before
+        the last iodepth ones as complete (fio issue #1950) and verifies
+        writes never acknowledged (31 of 32 in flight at the kill, QD32,
+        measured here), which fail on a correct disk.  A write-only job's
+        verify checks block headers and data CRCs, so a stale block fio
+        wrote at the same offset in the mixed phase would pass: hence the
+        comparison with the stock chain too (check_changes)."""
         name = 'kill: acknowledged writes intact'
         vlog = os.path.join(rundir, 'verified.iolog')
         code, out, err = self.procs.run(

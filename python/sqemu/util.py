@@ -23,6 +23,13 @@ def parse_size(text, example='512M, 1G'):
     return int(m.group(1)) << shift
 
 
+def printer(prefix, stderr=False):
+    """A function that prints one line "@prefix: message", flushed, on
+    stdout (or stderr): a command's progress"""
+    return lambda message: print('%s: %s' % (prefix, message), flush=True,
+                                 file=sys.stderr if stderr else sys.stdout)
+
+
 def describe_status(code):
     """A child's end as subprocess gives it (a negative code: the
     signal that killed it), in words"""
