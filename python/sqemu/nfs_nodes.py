@@ -532,12 +532,18 @@ def set_pdeathsig():
     proc.LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def read_tail(path, lines=5):
-    try:
-        with open(path, errors='replace') as f:
-            return util.tail(f.read(), lines) or '(empty log)'
-    except OSError as e:
-        return '(no log: %s)' % e.strerror
+def read_tail(*logs, lines=5):
+    """The last @lines lines of each of @logs that has any, on one line"""
+    found = []
+    for path in logs:
+        try:
+            with open(path, errors='replace') as f:
+                text = util.tail(f.read(), lines)
+        except OSError:
+            continue
+        if text:
+            found.append('%s: %s' % (os.path.basename(path), text))
+    return '; '.join(found) or '(nothing in %s)' % ', '.join(logs)
 
 
 class Node:
@@ -729,7 +735,7 @@ class Nodes:
              'sqemu-nfs-run /run && exec "$0" -f', which('rpcbind')],
             node.path('rpcbind.log'))
         self.wait_port(node, node.rpcbind, 'rpcbind', node.direct_address,
-                       RPCBIND_PORT, node.path('rpcbind.log'))
+                       RPCBIND_PORT, (node.path('rpcbind.log'),))
         conf = node.path('ganesha.conf')
         with open(conf, 'w') as f:
             f.write(ganesha_config(node.directory, node.export,
@@ -740,7 +746,8 @@ class Nodes:
              '-L', node.path('ganesha.log'), '-p', node.path('ganesha.pid'),
              '-N', 'NIV_EVENT'], node.path('ganesha.out'))
         self.wait_registered(node, node.direct_address, 'ganesha.nfsd',
-                             node.ganesha, node.path('ganesha.log'))
+                             node.ganesha, (node.path('ganesha.out'),
+                                            node.path('ganesha.log')))
         if not node.proxy_namespace:
             return
         cmd = ['ip', 'netns', 'exec', node.proxy_namespace,
@@ -754,15 +761,15 @@ class Nodes:
             cmd += ['--bandwidth-bytes', str(self.bandwidth)]
         node.proxy = self.spawn(cmd, node.path('proxy.log'))
         self.wait_registered(node, node.address, 'the proxy', node.proxy,
-                             node.path('proxy.log'))
+                             (node.path('proxy.log'),))
 
-    def wait_port(self, node, process, name, address, port, log):
+    def wait_port(self, node, process, name, address, port, logs):
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             if process.poll() is not None:
                 raise NodesError('%s for node %d exited (%s): %s' % (
                     name, node.index, util.describe_status(
-                        process.returncode), read_tail(log)))
+                        process.returncode), read_tail(*logs)))
             try:
                 socket.create_connection((address, port), timeout=1).close()
                 return
@@ -772,10 +779,10 @@ class Nodes:
                 raise NodesError('%s for node %d did not listen on %s:%d '
                                  'within %d s: %s' % (
                                      name, node.index, address, port,
-                                     STARTUP_TIMEOUT, read_tail(log)))
+                                     STARTUP_TIMEOUT, read_tail(*logs)))
             time.sleep(0.05)
 
-    def wait_registered(self, node, address, name, process, log):
+    def wait_registered(self, node, address, name, process, logs):
         """Wait until rpcbind at @address lists ganesha's nfsd and mountd
         (through the proxy, the proxy's whole path: the portmapper over
         TCP)"""
@@ -785,7 +792,7 @@ class Nodes:
                 raise NodesError('%s for node %d exited (%s): %s' % (
                     name, node.index,
                     util.describe_status(process.returncode),
-                    read_tail(log)))
+                    read_tail(*logs)))
             try:
                 res = subprocess.run([which('rpcinfo'), '-p', address],
                                      stdout=subprocess.PIPE,
@@ -799,22 +806,23 @@ class Nodes:
                 raise NodesError('%s for node %d did not register with '
                                  'rpcbind at %s within %d s: %s' % (
                                      name, node.index, address,
-                                     STARTUP_TIMEOUT, read_tail(log)))
+                                     STARTUP_TIMEOUT, read_tail(*logs)))
             time.sleep(0.1)
 
     def dead(self):
         """A line for each process of the nodes that has exited"""
         lines = []
         for node in self.nodes:
-            for name, process, log in (
-                    ('rpcbind', node.rpcbind, 'rpcbind.log'),
-                    ('ganesha.nfsd', node.ganesha, 'ganesha.log'),
-                    ('the proxy', node.proxy, 'proxy.log')):
+            for name, process, logs in (
+                    ('rpcbind', node.rpcbind, ('rpcbind.log',)),
+                    ('ganesha.nfsd', node.ganesha,
+                     ('ganesha.out', 'ganesha.log')),
+                    ('the proxy', node.proxy, ('proxy.log',))):
                 if process and process.poll() is not None:
                     lines.append('%s for node %d exited (%s): %s' % (
                         name, node.index,
                         util.describe_status(process.returncode),
-                        read_tail(node.path(log))))
+                        read_tail(*map(node.path, logs))))
         return lines
 
     def stop(self):
@@ -897,10 +905,13 @@ def raise_stopped(signum, _frame):
     raise Stopped(signum)
 
 
+def log(msg):
+    print('nfs-nodes: %s' % msg, file=sys.stderr, flush=True)
+
+
 def cmd_start(args):
     nodes = Nodes(args.nodes, args.dir, args.latency, args.bandwidth,
-                  log=lambda msg: print('nfs-nodes: %s' % msg,
-                                        file=sys.stderr, flush=True))
+                  log=log)
     ready = False
     try:
         with nodes:
@@ -922,7 +933,8 @@ def cmd_run(args):
     if not cmd:
         raise NodesError('run needs a command after --')
     try:
-        with Nodes(args.nodes, args.dir, args.latency, args.bandwidth) as n:
+        with Nodes(args.nodes, args.dir, args.latency, args.bandwidth,
+                   log=log) as n:
             child = subprocess.Popen(cmd, env=dict(os.environ,
                                                    **n.environment()))
             try:
