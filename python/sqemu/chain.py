@@ -237,21 +237,21 @@ def create_live(args, outdir, where, tmp):
         daemon.stop(60)
 
 
-def qemu_img(binary, command, *args):
+def qemu_img(binary, command, *args, image=None):
     """Run qemu-img @command; its output (stdout and stderr).  A failure
-    is a ChainError with the output."""
+    is a ChainError with the output (naming @image if given)."""
     res = subprocess.run([binary, command, *args], text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if res.returncode != 0:
-        raise ChainError('qemu-img %s failed: %s' % (command,
-                                                     res.stdout.strip()))
+        raise ChainError('qemu-img %s failed: %s' % (
+            command + (' ' + image if image else ''), res.stdout.strip()))
     return res.stdout
 
 
 def image_size(binary, image):
     """Virtual size of an image, from qemu-img info."""
-    return json.loads(qemu_img(binary, 'info', '--output=json',
-                               image))['virtual-size']
+    return json.loads(qemu_img(binary, 'info', '--output=json', image,
+                               image=image))['virtual-size']
 
 
 def scratch_parent(candidates=None):
