@@ -740,9 +740,13 @@ class Nodes:
         with open(conf, 'w') as f:
             f.write(ganesha_config(node.directory, node.export,
                                    node.path('recovery')))
+        # --root and --wd: entering a mount namespace resets the root and
+        # the working directory to the namespace's, which in a chroot is
+        # not the one rpcbind (and this script) sees
         node.ganesha = self.spawn(
             ['nsenter', '--target', str(node.rpcbind.pid), '--mount',
-             '--net', which('ganesha.nfsd'), '-F', '-f', conf,
+             '--net', '--root', '--wd', which('ganesha.nfsd'),
+             '-F', '-f', conf,
              '-L', node.path('ganesha.log'), '-p', node.path('ganesha.pid'),
              '-N', 'NIV_EVENT'], node.path('ganesha.out'))
         self.wait_registered(node, node.direct_address, 'ganesha.nfsd',
