@@ -468,6 +468,13 @@ static int bi_prepare(BlockDriverState *bs, BiChain *c, bool check_parent,
 static int bi_begin(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
+    int ret;
+
+    /* Resolved tables of the old index would outlive it: give them back */
+    ret = qcow2_bir_drop(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
 
     if (!s->bi_enabled) {
         s->bi_enabled = true;
@@ -798,6 +805,20 @@ int qcow2_bi_check_strippable(BlockDriverState *bs, Error **errp)
  * into every L2 entry, and mark it valid.  @bs must be writable and its
  * chain quiescent.
  */
+/*
+ * The resolved L2 tables of @bs, whose index was just built: without them
+ * reads are right, only slower, so a failure is a warning
+ */
+static void bi_build_resolved(BlockDriverState *bs)
+{
+    Error *local_err = NULL;
+
+    if (qcow2_bir_build(bs, &local_err) < 0) {
+        warn_reportf_err(local_err, "'%s' has no resolved L2 tables: ",
+                         bs->filename);
+    }
+}
+
 int qcow2_bi_build(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -835,6 +856,7 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
     }
     trace_qcow2_bi_build(bs, c.n, c.parent_trusted, st.slices_written,
                          st.entries_changed);
+    bi_build_resolved(bs);
 out:
     bi_chain_free(&c);
     return ret;
@@ -930,6 +952,10 @@ int coroutine_fn qcow2_bi_co_build_online(BlockDriverState *bs,
         goto out;
     }
     ret = bi_finish(&c, errp);
+    if (ret == 0) {
+        /* The chain below is the one just checked, under the top's lock */
+        bi_build_resolved(bs);
+    }
     qemu_co_mutex_unlock(&s->lock);
     if (ret == 0) {
         trace_qcow2_bi_build_online(bs, c.n, c.parent_trusted,
@@ -953,6 +979,10 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
         return 0;
     }
     ret = qcow2_bi_check_strippable(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_bir_drop(bs, errp);
     if (ret < 0) {
         return ret;
     }
@@ -1032,7 +1062,7 @@ int qcow2_bi_check(BlockDriverState *bs, BdrvCheckResult *res,
         return 0;
     }
     if (!st.mismatches) {
-        return 0;
+        return qcow2_bir_check(bs, res, fix);
     }
 
     fprintf(stderr, "%s %" PRIu64 " backing index entries differ from the "

@@ -86,10 +86,11 @@ bool qcow2_bi_open_writable(BlockDriverState *bs, int flags)
 {
     BDRVQcow2State *s = bs->opaque;
     bool valid = s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX;
+    bool update = !(flags & BDRV_O_INACTIVE) && qcow2_bir_open_writable(bs);
 
     if (!s->bi_enabled) {
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-        return valid;
+        return valid || update;
     }
     if (s->bi_ext_error) {
         trace_qcow2_bi_invalidate(bs, s->bi_ext_error);
@@ -99,7 +100,7 @@ bool qcow2_bi_open_writable(BlockDriverState *bs, int flags)
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     }
     if (flags & BDRV_O_INACTIVE) {
-        return false;
+        return update;
     }
     qcow2_bi_new_layer_id(bs);
     return true;
@@ -137,6 +138,15 @@ int qcow2_bi_invalidate(BlockDriverState *bs, const char *why)
 
     /* An online build running now must not set the bit at its end */
     s->bi_invalidations++;
+    /*
+     * The resolved L2 tables are of no use without the index, and the
+     * callers may be about to reset every cluster (qcow2_make_empty): give
+     * them back while they are still the image's own
+     */
+    ret = qcow2_bir_drop(bs, NULL);
+    if (ret < 0) {
+        return ret;
+    }
     if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
         return 0;
     }
@@ -156,6 +166,7 @@ void qcow2_bi_close(BlockDriverState *bs)
 
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
+    qcow2_bir_close(bs);
     qcow2_da_free(bs);
     qcow2_bi_rebuild_forget(bs);
     qcow2_bi_changed(bs);

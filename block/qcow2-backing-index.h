@@ -170,6 +170,58 @@ void qcow2_bi_release_chain(BlockDriverState *bs);
 int coroutine_fn qcow2_bi_co_index_chain(BlockDriverState *bs, Job *job,
                                          int64_t speed, Error **errp);
 
+/*
+ * qcow2-backing-index-resolved.c: the resolved L2 tables of a layer.  For
+ * the clusters whose index names a layer other than the base and the
+ * parent, the L2 entry of the layer that holds them (host offset and zero
+ * flag) with that layer's depth in the index bits, so that a read of such
+ * a cluster needs no L2 entry of that layer.  See docs/sqemu.md.
+ */
+#define QCOW2_EXT_MAGIC_BI_RESOLVED     0x7351524c  /* "sQRL" */
+#define QCOW2_BIR_EXT_VERSION           1
+#define QCOW2_BIR_EXT_SIZE              40
+
+/* Autoclear feature bit: set while the tables are this image's own */
+#define QCOW2_AUTOCLEAR_BI_RESOLVED_BITNR 17
+#define QCOW2_AUTOCLEAR_BI_RESOLVED \
+    (1ULL << QCOW2_AUTOCLEAR_BI_RESOLVED_BITNR)
+
+typedef struct Qcow2BiResolvedExt {
+    uint32_t depth;             /* the layer's depth when they were written */
+    uint32_t l1_size;           /* entries of the resolved L1 table */
+    uint64_t l1_offset;         /* where the resolved L1 table is */
+    /* What the chain below was: see qcow2_bir_chain_id() */
+    uint8_t chain_id[QCOW2_BI_ID_SIZE];
+} Qcow2BiResolvedExt;
+
+int qcow2_bir_ext_parse(const void *buf, size_t len, Qcow2BiResolvedExt *ext,
+                        const char **reason);
+void qcow2_bir_ext_serialize(const Qcow2BiResolvedExt *ext,
+                             uint8_t buf[QCOW2_BIR_EXT_SIZE]);
+/*
+ * The identity of a chain below a layer: a hash of the layer identities
+ * of @layer[1..@depth - 1] (@layer[d] is the layer at depth d; a raw base
+ * counts as an all-zero identity)
+ */
+void qcow2_bir_chain_id(BlockDriverState *const *layer, unsigned depth,
+                        uint8_t id[QCOW2_BI_ID_SIZE]);
+int qcow2_bir_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
+                       Error **errp);
+bool qcow2_bir_open_writable(BlockDriverState *bs);
+void qcow2_bir_close(BlockDriverState *bs);
+bool qcow2_bir_own(BlockDriverState *bs);
+int qcow2_bir_drop(BlockDriverState *bs, Error **errp);
+int qcow2_bir_build(BlockDriverState *bs, Error **errp);
+bool qcow2_bir_matches(BlockDriverState *bs, BlockDriverState *const *layer,
+                       unsigned depth);
+int coroutine_fn qcow2_bir_co_read(BlockDriverState *bs, uint64_t first,
+                                   unsigned n, uint64_t *e);
+int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
+                    BdrvCheckMode fix);
+int qcow2_bir_check_refs(BlockDriverState *bs, BdrvCheckResult *res,
+                         void **refcount_table,
+                         int64_t *refcount_table_size);
+
 /* qcow2-backing-index-rebuild.c: indexing a chain again in the background */
 void qcow2_bi_rebuild_kick(void);
 void qcow2_bi_rebuild_forget(BlockDriverState *bs);

@@ -57,6 +57,8 @@ struct Qcow2DirectAccess {
 
     uint16_t *want;             /* the top's index for one slice */
     DaLayerSpan *span;          /* [1..depth - 1]: per layer, one slice */
+    bool resolved;              /* the top's resolved L2 tables are true */
+    uint64_t *resolved_e;       /* its resolved entries for one slice */
 
     uint64_t direct_reads;      /* runs read straight from a lower layer */
     uint64_t vanilla_fallbacks; /* runs read through the backing chain */
@@ -72,6 +74,7 @@ static void da_drop_view(Qcow2DirectAccess *da)
     g_free(da->reason);
     da->reason = NULL;
     da->depth = 0;
+    da->resolved = false;
     da->built = false;
     if (da->cache) {
         qcow2_uc_clear(da->cache);
@@ -89,6 +92,7 @@ void qcow2_da_free(BlockDriverState *bs)
     da_drop_view(da);
     qcow2_uc_free(da->cache);
     g_free(da->want);
+    g_free(da->resolved_e);
     g_free(da);
     s->bi_da = NULL;
 }
@@ -187,12 +191,17 @@ static Qcow2DirectAccess *da_view(BlockDriverState *bs)
         da->min_lower_size = MIN(da->min_lower_size, qcow2_bi_layer_size(l));
     }
     assert(d == 1);
+    da->resolved = qcow2_bir_matches(bs, da->layer, da->depth);
+    if (da->resolved && !da->resolved_e) {
+        da->resolved_e = g_new(uint64_t, s->l2_slice_size);
+    }
     if (!da->cache) {
         da->cache = qcow2_uc_new(s->l2_slice_size,
                                  qcow2_uc_slices_for_size(cache_size,
                                                           s->l2_slice_size));
     }
-    trace_qcow2_da_view(bs, da->depth, "valid");
+    trace_qcow2_da_view(bs, da->depth, da->resolved ?
+                        "valid, with resolved L2 tables" : "valid");
     return da;
 }
 
@@ -313,9 +322,30 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
     for (i = 0; i < n; i++) {
         uint64_t e = get_l2_entry(s, l2_slice, i);
 
-        j = qcow2_get_cluster_type(bs, e) == QCOW2_CLUSTER_UNALLOCATED ?
-            qcow2_bi_get(e) : 0;
-        da->want[i] = j;
+        da->want[i] = qcow2_get_cluster_type(bs, e) ==
+                      QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(e) : 0;
+    }
+    if (da->resolved) {
+        /* The top's own resolved entries first: one read of its file */
+        ret = qcow2_bir_co_read(bs, slice->first, n, da->resolved_e);
+        if (ret < 0) {
+            return ret;
+        }
+        for (i = 0; ret > 0 && i < n; i++) {
+            uint64_t e = da->resolved_e[i];
+
+            j = da->want[i];
+            if (j && j < da->depth && qcow2_bi_get(e) == j &&
+                (slice->e[i].type == QCOW2_UC_UNRESOLVED ||
+                 slice->e[i].layer != j)) {
+                slice->e[i] = qcow2_uc_decode(e & ~QCOW2_BI_MASK, j,
+                                              s->cluster_bits);
+            }
+        }
+        ret = 0;
+    }
+    for (i = 0; i < n; i++) {
+        j = da->want[i];
         if (j == 0 || j >= da->depth) {
             continue;
         }
@@ -326,7 +356,6 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
             da->span[j].stale = true;
         }
     }
-    assert(da->span[k].stale);
 
     for (j = 1; j < da->depth && ret == 0; j++) {
         BlockDriverState *l = da->layer[j];

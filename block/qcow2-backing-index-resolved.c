@@ -1,0 +1,822 @@
+/*
+ * sQemu: the resolved L2 tables of a qcow2 layer
+ *
+ * Copyright (c) 2026 The sQemu authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The backing index says which layer holds a cluster; the host offset is
+ * in that layer's L2 entry, which a read of the top would have to fetch
+ * from the layer's file ("cache correction", qcow2-direct-access.c).  On a
+ * chain whose clusters are spread over hundreds of layers, that is one L2
+ * read per layer and L2 slice.  The resolved L2 tables keep those entries
+ * in the layer itself: parallel to its L2 tables, one 64-bit entry per
+ * cluster, holding the L2 entry of the layer that holds the cluster (host
+ * offset and zero flag) with that layer's depth in the index bits, or 0
+ * where nothing is known.  They cover only the clusters of the layers
+ * between the base and the parent: the parent's and the base's entries
+ * are one L2 read of one layer each per slice, whatever the depth, and
+ * leaving them out keeps a snapshot of a full base as cheap as before.
+ *
+ * A header extension names the resolved L1 table and the identity of the
+ * chain below at the time the tables were written; autoclear bit 17 says
+ * the tables are the image's own (a QEMU that does not know the bit
+ * clears it on a read-write open, after which it may have freed or reused
+ * the clusters: the tables are then forgotten, never freed or used).
+ * A read uses an entry only if the chain below is still the one recorded
+ * and the entry names the very layer that the top's index names.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/memalign.h"
+#include "qcow2.h"
+#include "qcow2-backing-index.h"
+#include "trace.h"
+
+/*
+ * On-disk layout of the header extension (big-endian):
+ *
+ *   bytes  0- 3  version (QCOW2_BIR_EXT_VERSION)
+ *   bytes  4- 7  depth of this layer when the tables were written
+ *   bytes  8-15  offset of the resolved L1 table
+ *   bytes 16-19  entries of the resolved L1 table
+ *   bytes 20-23  reserved, zero
+ *   bytes 24-39  identity of the chain below (qcow2_bir_chain_id)
+ */
+int qcow2_bir_ext_parse(const void *buf, size_t len, Qcow2BiResolvedExt *ext,
+                        const char **reason)
+{
+    const uint8_t *p = buf;
+
+    memset(ext, 0, sizeof(*ext));
+    if (len != QCOW2_BIR_EXT_SIZE) {
+        *reason = len < QCOW2_BIR_EXT_SIZE ? "header extension truncated"
+                                           : "header extension oversized";
+        return -EINVAL;
+    }
+    if (ldl_be_p(p) != QCOW2_BIR_EXT_VERSION) {
+        *reason = "unsupported header extension version";
+        return -ENOTSUP;
+    }
+    ext->depth = ldl_be_p(p + 4);
+    ext->l1_offset = ldq_be_p(p + 8);
+    ext->l1_size = ldl_be_p(p + 16);
+    if (ext->depth < 2 || ext->depth > QCOW2_BI_MAX_DEPTH) {
+        *reason = "recorded depth out of range";
+        return -EINVAL;
+    }
+    if (!ext->l1_size || ext->l1_size > QCOW_MAX_L1_SIZE / L1E_SIZE ||
+        !ext->l1_offset) {
+        *reason = "resolved L1 table out of range";
+        return -EINVAL;
+    }
+    memcpy(ext->chain_id, p + 24, QCOW2_BI_ID_SIZE);
+    *reason = NULL;
+    return 0;
+}
+
+void qcow2_bir_ext_serialize(const Qcow2BiResolvedExt *ext,
+                             uint8_t buf[QCOW2_BIR_EXT_SIZE])
+{
+    memset(buf, 0, QCOW2_BIR_EXT_SIZE);
+    stl_be_p(buf, QCOW2_BIR_EXT_VERSION);
+    stl_be_p(buf + 4, ext->depth);
+    stq_be_p(buf + 8, ext->l1_offset);
+    stl_be_p(buf + 16, ext->l1_size);
+    memcpy(buf + 24, ext->chain_id, QCOW2_BI_ID_SIZE);
+}
+
+void qcow2_bir_chain_id(BlockDriverState *const *layer, unsigned depth,
+                        uint8_t id[QCOW2_BI_ID_SIZE])
+{
+    static const uint8_t zero[QCOW2_BI_ID_SIZE];
+    GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
+    uint8_t digest[32], d_be[4];
+    gsize len = sizeof(digest);
+    unsigned d;
+
+    stl_be_p(d_be, depth);
+    g_checksum_update(sum, d_be, sizeof(d_be));
+    for (d = 1; d < depth; d++) {
+        const uint8_t *layer_id = zero;
+
+        if (qcow2_bi_is_qcow2(layer[d])) {
+            layer_id = ((BDRVQcow2State *)layer[d]->opaque)->bi_ext.layer_id;
+        }
+        g_checksum_update(sum, layer_id, QCOW2_BI_ID_SIZE);
+    }
+    g_checksum_get_digest(sum, digest, &len);
+    g_checksum_free(sum);
+    memcpy(id, digest, QCOW2_BI_ID_SIZE);
+}
+
+/* Read the extension at @offset (@len bytes) of @bs's header */
+int qcow2_bir_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
+                       Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    g_autofree uint8_t *buf = g_malloc0(MAX(len, 1));
+    const char *reason;
+    int ret;
+
+    ret = bdrv_pread(bs->file, offset, len, buf, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read the resolved L2 tables "
+                         "header extension");
+        return ret;
+    }
+    qcow2_bir_close(bs);
+    s->bir_present = true;
+    if (qcow2_bir_ext_parse(buf, len, &s->bir_ext, &reason) == 0 &&
+        offset_into_cluster(s, s->bir_ext.l1_offset)) {
+        reason = "resolved L1 table not aligned to a cluster";
+    }
+    if (reason) {
+        s->bir_error = g_strdup(reason);
+        trace_qcow2_bir_ext_bad(bs, reason);
+    }
+    return 0;
+}
+
+/* Forget the tables (in memory only) */
+void qcow2_bir_close(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    s->bir_present = false;
+    g_free(s->bir_error);
+    s->bir_error = NULL;
+    g_free(s->bir_l1);
+    s->bir_l1 = NULL;
+    memset(&s->bir_ext, 0, sizeof(s->bir_ext));
+}
+
+/* Whether @bs has resolved tables that are its own: usable, or freeable */
+bool qcow2_bir_own(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    return s->bir_present && !s->bir_error &&
+           (s->autoclear_features & QCOW2_AUTOCLEAR_BI_RESOLVED);
+}
+
+/*
+ * @bs was opened writable (not inactive): tables that are not its own any
+ * more (a QEMU that does not know them opened it read-write, or the
+ * extension is unreadable) are forgotten, and so is a bit 17 without
+ * tables.  Returns whether the header must be written.
+ */
+bool qcow2_bir_open_writable(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    bool bit = s->autoclear_features & QCOW2_AUTOCLEAR_BI_RESOLVED;
+
+    if (qcow2_bir_own(bs) || (!s->bir_present && !bit)) {
+        return false;
+    }
+    trace_qcow2_bir_forget(bs, s->bir_error ? s->bir_error
+                               : "not this image's own any more");
+    qcow2_bir_close(bs);
+    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
+    return true;
+}
+
+/* The resolved L1 table of @bs, read once (host byte order) */
+static int bir_load_l1(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint32_t i, n = s->bir_ext.l1_size;
+    uint64_t *l1;
+    int ret;
+
+    if (s->bir_l1) {
+        return 0;
+    }
+    l1 = g_try_new(uint64_t, n);
+    if (!l1) {
+        return -ENOMEM;
+    }
+    ret = bdrv_pread(bs->file, s->bir_ext.l1_offset, n * L1E_SIZE, l1, 0);
+    if (ret < 0) {
+        g_free(l1);
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        l1[i] = be64_to_cpu(l1[i]);
+    }
+    s->bir_l1 = l1;
+    return 0;
+}
+
+/* Where @bs keeps the resolved table for L1 index @t: 0 if nowhere */
+static uint64_t bir_table(BDRVQcow2State *s, uint64_t t)
+{
+    uint64_t offset;
+
+    if (t >= s->bir_ext.l1_size) {
+        return 0;
+    }
+    offset = s->bir_l1[t] & L1E_OFFSET_MASK;
+    return offset_into_cluster(s, offset) ? 0 : offset;
+}
+
+int qcow2_bir_drop(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    bool own = qcow2_bir_own(bs);
+    Qcow2BiResolvedExt ext = s->bir_ext;
+    g_autofree uint64_t *l1 = NULL;
+    uint32_t i;
+    int ret;
+
+    if (!s->bir_present &&
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BI_RESOLVED)) {
+        return 0;
+    }
+    if (own && bir_load_l1(bs) == 0) {
+        l1 = s->bir_l1;
+        s->bir_l1 = NULL;
+    }
+    qcow2_bir_close(bs);
+    s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
+    qcow2_bi_changed(bs);
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        return ret;
+    }
+    /* No longer named by the header: a failure from here on only leaks */
+    if (l1) {
+        for (i = 0; i < ext.l1_size; i++) {
+            uint64_t offset = l1[i] & L1E_OFFSET_MASK;
+
+            if (offset && !offset_into_cluster(s, offset)) {
+                qcow2_free_clusters(bs, offset, s->cluster_size,
+                                    QCOW2_DISCARD_OTHER);
+            }
+        }
+        qcow2_free_clusters(bs, ext.l1_offset,
+                            (uint64_t)ext.l1_size * L1E_SIZE,
+                            QCOW2_DISCARD_OTHER);
+    } else if (own) {
+        warn_report("'%s': the resolved L2 tables could not be read; their "
+                    "clusters leak (qemu-img check -r leaks reclaims them)",
+                    bs->filename);
+    }
+    trace_qcow2_bir_drop(bs, own, l1 ? ext.l1_size : 0);
+    return 0;
+}
+
+/*
+ * Read the whole L2 table @t of layer @l into @e (host byte order): 1 if
+ * read, 0 if @l has none there, or -errno
+ */
+static int bir_read_l2(BlockDriverState *l, uint64_t t, uint64_t *e,
+                       Error **errp)
+{
+    BDRVQcow2State *ls = l->opaque;
+    uint64_t offset = t < ls->l1_size ? ls->l1_table[t] & L1E_OFFSET_MASK : 0;
+    unsigned i;
+    int ret;
+
+    if (!offset || offset_into_cluster(ls, offset)) {
+        return 0;
+    }
+    ret = bdrv_pread(l->file, offset, ls->cluster_size, e, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read an L2 table of '%s'",
+                         l->filename);
+        return ret;
+    }
+    for (i = 0; i < ls->l2_size; i++) {
+        e[i] = be64_to_cpu(e[i]);
+    }
+    return 1;
+}
+
+/* Whether layer @l has an L2 table for L1 index @t */
+static bool bir_has_l2(BlockDriverState *l, uint64_t t)
+{
+    BDRVQcow2State *ls = l->opaque;
+
+    return t < ls->l1_size && (ls->l1_table[t] & L1E_OFFSET_MASK);
+}
+
+/* What a resolved table keeps of the L2 entry @e of the layer at @depth */
+static uint64_t bir_entry(BlockDriverState *l, uint64_t e, unsigned depth)
+{
+    BDRVQcow2State *ls = l->opaque;
+
+    if (e & QCOW_OFLAG_COMPRESSED) {
+        return 0;   /* no reserved bits to carry a depth: left to a read */
+    }
+    if (e & QCOW_OFLAG_ZERO) {
+        return qcow2_bi_set(QCOW_OFLAG_ZERO, depth);
+    }
+    e &= L2E_OFFSET_MASK;
+    if (!e || offset_into_cluster(ls, e)) {
+        return 0;
+    }
+    return qcow2_bi_set(e, depth);
+}
+
+/*
+ * For each of the @n clusters of L1 index @t whose @want[i] names a layer
+ * (else 0), set @out[i] from that layer's L2 table: what a resolved table
+ * keeps of it.  Each layer named is read once; @scratch holds a cluster.
+ */
+static int bir_from_layers(BlockDriverState *const *layer, unsigned depth,
+                           uint64_t t, unsigned n, const uint16_t *want,
+                           uint64_t *out, uint64_t *scratch, Error **errp)
+{
+    g_autofree unsigned *lo = g_new(unsigned, depth);
+    g_autofree unsigned *hi = g_new0(unsigned, depth);
+    g_autofree unsigned *touched = g_new(unsigned, depth);
+    unsigned i, j, d, nb_touched = 0;
+    int ret;
+
+    for (i = 0; i < n; i++) {
+        d = want[i];
+        if (!d) {
+            continue;
+        }
+        assert(d < depth);
+        if (!hi[d]) {
+            touched[nb_touched++] = d;
+            lo[d] = i;
+        }
+        hi[d] = i + 1;
+    }
+    for (j = 0; j < nb_touched; j++) {
+        d = touched[j];
+        ret = bir_read_l2(layer[d], t, scratch, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        for (i = lo[d]; i < hi[d]; i++) {
+            if (want[i] == d) {
+                out[i] = ret ? bir_entry(layer[d], scratch[i], d) : 0;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
+ * The layers below @bs by depth (@layer[d], d = 1 .. @depth - 1), or NULL
+ * if the chain does not have @depth layers or a layer in the middle is not
+ * qcow2 with @bs's cluster size
+ */
+static BlockDriverState **bir_layers(BlockDriverState *bs, unsigned depth)
+{
+    BDRVQcow2State *s = bs->opaque;
+    g_autofree BlockDriverState **layer = g_new0(BlockDriverState *, depth);
+    BlockDriverState *l;
+    unsigned d = depth;
+
+    for (l = qcow2_bi_next_layer(bs); l && d > 1; l = qcow2_bi_next_layer(l)) {
+        layer[--d] = l;
+    }
+    if (l || d != 1) {
+        return NULL;
+    }
+    for (d = 2; d < depth; d++) {
+        if (!qcow2_bi_is_qcow2(layer[d]) ||
+            ((BDRVQcow2State *)layer[d]->opaque)->cluster_bits !=
+            s->cluster_bits) {
+            return NULL;
+        }
+    }
+    return g_steal_pointer(&layer);
+}
+
+/* Whether the resolved tables of @p can give those of its overlay */
+static bool bir_reusable(BlockDriverState *p, BlockDriverState *const *layer,
+                         unsigned pdepth)
+{
+    BDRVQcow2State *ps = p->opaque;
+    uint8_t id[QCOW2_BI_ID_SIZE];
+
+    if (!qcow2_bir_own(p) || ps->bir_ext.depth != pdepth ||
+        !(ps->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX) ||
+        bir_load_l1(p) < 0) {
+        return false;
+    }
+    qcow2_bir_chain_id(layer, pdepth, id);
+    return !memcmp(id, ps->bir_ext.chain_id, QCOW2_BI_ID_SIZE);
+}
+
+/* Allocate a cluster of @bs and write @buf (@len bytes) there */
+static int64_t bir_write_new(BlockDriverState *bs, const void *buf,
+                             uint64_t len, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int64_t offset = qcow2_alloc_clusters(bs, len);
+    int ret;
+
+    if (offset < 0) {
+        error_setg_errno(errp, -offset, "Could not allocate resolved L2 "
+                         "tables in '%s'", bs->filename);
+        return offset;
+    }
+    ret = qcow2_pre_write_overlap_check(bs, 0, offset,
+                                        ROUND_UP(len, s->cluster_size), false);
+    if (ret >= 0) {
+        ret = bdrv_pwrite(bs->file, offset, len, buf, 0);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write resolved L2 tables of "
+                         "'%s'", bs->filename);
+        qcow2_free_clusters(bs, offset, len, QCOW2_DISCARD_OTHER);
+        return ret;
+    }
+    return offset;
+}
+
+/*
+ * Write the resolved tables of @bs, whose index was just built and is
+ * valid, with the chain below quiescent.  Entries come from the parent's
+ * own resolved tables where they still describe this chain, else from the
+ * L2 tables of the layers that hold the clusters (for a snapshot: the
+ * grandparent's only).  Nothing is written for a chain of fewer than four
+ * layers, or where a table would hold nothing.
+ */
+int qcow2_bir_build(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    unsigned depth = s->bi_ext.depth, d, n_tables = 0;
+    uint64_t nb_clusters, t, n_l1, entries = 0, reused = 0;
+    g_autofree BlockDriverState **layer = NULL;
+    g_autofree uint64_t *rl1 = NULL;
+    g_autofree uint64_t *rl1_be = NULL;
+    g_autofree uint16_t *want = NULL;
+    uint64_t *own = NULL, *out = NULL, *scratch = NULL;
+    bool reuse, covered;
+    int64_t l1_offset;
+    int ret;
+
+    ret = qcow2_bir_drop(bs, errp);
+    if (ret < 0 || depth < 4 ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
+        return ret;
+    }
+    layer = bir_layers(bs, depth);
+    if (!layer) {
+        return 0;   /* not a chain the tables can describe */
+    }
+    reuse = bir_reusable(layer[depth - 1], layer, depth - 1);
+    /*
+     * The parent's own resolved entries cover its middle layers (2 to
+     * depth - 3) when it has them, and there are none when it is at depth
+     * 3: then only a table that the parent's tables or the grandparent's
+     * L2 tables name can hold anything, and the others are not even read.
+     */
+    covered = reuse || depth - 1 < 4;
+
+    nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs), s->cluster_size);
+    n_l1 = DIV_ROUND_UP(nb_clusters, s->l2_size);
+    rl1 = g_new0(uint64_t, n_l1);
+    want = g_new(uint16_t, s->l2_size);
+    own = qemu_blockalign(bs, s->cluster_size);
+    out = qemu_blockalign(bs, s->cluster_size);
+    scratch = qemu_blockalign(bs, s->cluster_size);
+
+    for (t = 0; t < n_l1; t++) {
+        uint64_t first = t << s->l2_bits;
+        unsigned n = MIN(s->l2_size, nb_clusters - first);
+        unsigned i, left = 0, written = 0;
+        int64_t offset;
+
+        if (covered &&
+            !(reuse && bir_table(layer[depth - 1]->opaque, t)) &&
+            !(depth - 2 >= 2 && bir_has_l2(layer[depth - 2], t))) {
+            continue;
+        }
+        ret = bir_read_l2(bs, t, own, errp);
+        if (ret <= 0) {
+            if (ret < 0) {
+                goto out;
+            }
+            continue;
+        }
+        for (i = 0; i < n; i++) {
+            d = qcow2_get_cluster_type(bs, own[i]) ==
+                QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(own[i]) : 0;
+            want[i] = d >= 2 && d + 1 < depth ? d : 0;
+            left += want[i] != 0;
+        }
+        if (!left) {
+            continue;
+        }
+        memset(out, 0, s->cluster_size);
+
+        if (reuse) {
+            BDRVQcow2State *ps = layer[depth - 1]->opaque;
+            uint64_t p_offset = bir_table(ps, t);
+
+            if (p_offset) {
+                ret = bdrv_pread(layer[depth - 1]->file, p_offset,
+                                 s->cluster_size, scratch, 0);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "Could not read a resolved "
+                                     "L2 table of '%s'",
+                                     layer[depth - 1]->filename);
+                    goto out;
+                }
+                for (i = 0; i < n; i++) {
+                    uint64_t e = be64_to_cpu(scratch[i]);
+
+                    if (want[i] && qcow2_bi_get(e) == want[i]) {
+                        out[i] = e;
+                        want[i] = 0;
+                        left--;
+                        reused++;
+                    }
+                }
+            }
+        }
+
+        /* The rest from the L2 tables of the layers that hold them */
+        ret = bir_from_layers(layer, depth, t, n, want, out, scratch, errp);
+        if (ret < 0) {
+            goto out;
+        }
+
+        for (i = 0; i < n; i++) {
+            written += out[i] != 0;
+            out[i] = cpu_to_be64(out[i]);
+        }
+        if (!written) {
+            continue;
+        }
+        offset = bir_write_new(bs, out, s->cluster_size, errp);
+        if (offset < 0) {
+            ret = offset;
+            goto out;
+        }
+        rl1[t] = offset;
+        n_tables++;
+        entries += written;
+    }
+    ret = 0;
+    if (!n_tables) {
+        goto out;
+    }
+
+    /* The tables and their refcounts on disk before the header names them */
+    ret = qcow2_cache_flush(bs, s->refcount_block_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write refcounts of '%s'",
+                         bs->filename);
+        goto out;
+    }
+    rl1_be = g_new(uint64_t, n_l1);
+    for (t = 0; t < n_l1; t++) {
+        rl1_be[t] = cpu_to_be64(rl1[t]);
+    }
+    l1_offset = bir_write_new(bs, rl1_be, n_l1 * L1E_SIZE, errp);
+    if (l1_offset < 0) {
+        ret = l1_offset;
+        goto out;
+    }
+    ret = bdrv_flush(bs->file->bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write the resolved L2 tables "
+                         "of '%s'", bs->filename);
+        goto out;
+    }
+    s->bir_present = true;
+    s->bir_ext.depth = depth;
+    s->bir_ext.l1_offset = l1_offset;
+    s->bir_ext.l1_size = n_l1;
+    qcow2_bir_chain_id(layer, depth, s->bir_ext.chain_id);
+    s->bir_l1 = g_steal_pointer(&rl1);
+    s->autoclear_features |= QCOW2_AUTOCLEAR_BI_RESOLVED;
+    qcow2_bi_changed(bs);
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+        qcow2_bir_close(bs);
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
+        goto out;
+    }
+    trace_qcow2_bir_build(bs, depth, n_tables, entries, reused);
+out:
+    if (ret < 0 && n_tables && !s->bir_present) {
+        /* Nothing names them: give them back */
+        for (t = 0; rl1 && t < n_l1; t++) {
+            if (rl1[t]) {
+                qcow2_free_clusters(bs, rl1[t], s->cluster_size,
+                                    QCOW2_DISCARD_OTHER);
+            }
+        }
+    }
+    qemu_vfree(own);
+    qemu_vfree(out);
+    qemu_vfree(scratch);
+    return ret;
+}
+
+/*
+ * Whether the resolved tables of @bs describe the chain @layer[1..@depth-1]
+ * below it (see qcow2_bir_chain_id)
+ */
+bool qcow2_bir_matches(BlockDriverState *bs, BlockDriverState *const *layer,
+                       unsigned depth)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint8_t id[QCOW2_BI_ID_SIZE];
+
+    if (!qcow2_bir_own(bs) || s->bir_ext.depth != depth) {
+        return false;
+    }
+    qcow2_bir_chain_id(layer, depth, id);
+    return !memcmp(id, s->bir_ext.chain_id, QCOW2_BI_ID_SIZE);
+}
+
+/*
+ * The resolved entries of @bs for the @n clusters from @first on (within
+ * one L2 table) into @e, host byte order: 1 if read, 0 if @bs has none
+ * there, or -errno.  The caller checked qcow2_bir_matches().
+ */
+int coroutine_fn qcow2_bir_co_read(BlockDriverState *bs, uint64_t first,
+                                   unsigned n, uint64_t *e)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t offset;
+    unsigned i;
+    int ret;
+
+    ret = bir_load_l1(bs);
+    if (ret < 0) {
+        return ret;
+    }
+    offset = bir_table(s, first >> s->l2_bits);
+    if (!offset) {
+        return 0;
+    }
+    offset += (first & (s->l2_size - 1)) * sizeof(uint64_t);
+    trace_qcow2_bir_read(bs, first, n, offset);
+    ret = bdrv_co_pread(bs->file, offset, n * sizeof(uint64_t), e, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        e[i] = be64_to_cpu(e[i]);
+    }
+    return 1;
+}
+
+/* qemu-img check: the clusters of the resolved tables are in use */
+int qcow2_bir_check_refs(BlockDriverState *bs, BdrvCheckResult *res,
+                         void **refcount_table,
+                         int64_t *refcount_table_size)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint32_t t;
+    int ret;
+
+    if (!qcow2_bir_own(bs)) {
+        return 0;
+    }
+    ret = qcow2_inc_refcounts_imrt(bs, res, refcount_table,
+                                   refcount_table_size, s->bir_ext.l1_offset,
+                                   (uint64_t)s->bir_ext.l1_size * L1E_SIZE);
+    if (ret < 0) {
+        return ret;
+    }
+    if (bir_load_l1(bs) < 0) {
+        fprintf(stderr, "ERROR could not read the resolved L1 table\n");
+        res->corruptions++;
+        return 0;
+    }
+    for (t = 0; t < s->bir_ext.l1_size; t++) {
+        uint64_t offset = s->bir_l1[t] & L1E_OFFSET_MASK;
+
+        if (!offset) {
+            continue;
+        }
+        if (offset_into_cluster(s, offset)) {
+            fprintf(stderr, "ERROR resolved L2 table offset 0x%" PRIx64
+                    " unaligned (L1 index 0x%" PRIx32 ")\n", offset, t);
+            res->corruptions++;
+            continue;
+        }
+        ret = qcow2_inc_refcounts_imrt(bs, res, refcount_table,
+                                       refcount_table_size, offset,
+                                       s->cluster_size);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/*
+ * qemu-img check: every resolved entry that a read of @bs would use (the
+ * top leaves the cluster to the layer the entry names) must be what that
+ * layer's L2 table says; wrong ones are corruption, and with
+ * BDRV_FIX_ERRORS the tables are written again.  Tables that do not
+ * describe the chain below are not used, so they are not checked.
+ */
+int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
+                    BdrvCheckMode fix)
+{
+    BDRVQcow2State *s = bs->opaque;
+    unsigned depth = s->bir_ext.depth;
+    g_autofree BlockDriverState **layer = NULL;
+    g_autofree uint16_t *want = NULL;
+    uint64_t *own = NULL, *stored = NULL, *expect = NULL, *scratch = NULL;
+    uint64_t t, nb_clusters, bad = 0, first_bad = 0;
+    Error *local_err = NULL;
+    int ret = 0;
+
+    if (!qcow2_bir_own(bs) || depth != s->bi_ext.depth) {
+        return 0;
+    }
+    layer = bir_layers(bs, depth);
+    if (!layer || !qcow2_bir_matches(bs, layer, depth) ||
+        bir_load_l1(bs) < 0) {
+        return 0;
+    }
+    nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs), s->cluster_size);
+    want = g_new(uint16_t, s->l2_size);
+    own = qemu_blockalign(bs, s->cluster_size);
+    stored = qemu_blockalign(bs, s->cluster_size);
+    expect = qemu_blockalign(bs, s->cluster_size);
+    scratch = qemu_blockalign(bs, s->cluster_size);
+
+    for (t = 0; t < s->bir_ext.l1_size && (t << s->l2_bits) < nb_clusters;
+         t++) {
+        uint64_t offset = bir_table(s, t);
+        unsigned n = MIN(s->l2_size, nb_clusters - (t << s->l2_bits));
+        unsigned i, d;
+
+        if (!offset) {
+            continue;
+        }
+        ret = bdrv_pread(bs->file, offset, s->cluster_size, stored, 0);
+        if (ret < 0) {
+            error_setg_errno(&local_err, -ret, "Could not read a resolved L2 "
+                             "table");
+            goto out;
+        }
+        ret = bir_read_l2(bs, t, own, &local_err);
+        if (ret < 0) {
+            goto out;
+        }
+        for (i = 0; i < n; i++) {
+            stored[i] = be64_to_cpu(stored[i]);
+            d = ret && qcow2_get_cluster_type(bs, own[i]) ==
+                QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(own[i]) : 0;
+            /* Used only where it names the layer the top's index names */
+            want[i] = stored[i] && d && d < depth &&
+                      qcow2_bi_get(stored[i]) == d ? d : 0;
+        }
+        ret = bir_from_layers(layer, depth, t, n, want, expect, scratch,
+                              &local_err);
+        if (ret < 0) {
+            goto out;
+        }
+        for (i = 0; i < n; i++) {
+            if (want[i] && expect[i] != stored[i]) {
+                if (!bad++) {
+                    first_bad = ((t << s->l2_bits) + i) << s->cluster_bits;
+                }
+            }
+        }
+    }
+    ret = 0;
+    if (!bad) {
+        goto out;
+    }
+    fprintf(stderr, "%s %" PRIu64 " resolved L2 entries differ from the "
+            "layers that hold the clusters (first: offset 0x%" PRIx64 ")\n",
+            fix & BDRV_FIX_ERRORS ? "Repairing" : "ERROR", bad, first_bad);
+    res->corruptions += bad;
+    if (!(fix & BDRV_FIX_ERRORS)) {
+        goto out;
+    }
+    ret = qcow2_bir_build(bs, &local_err);
+    if (ret < 0) {
+        goto out;
+    }
+    res->corruptions -= bad;
+    res->corruptions_fixed += bad;
+out:
+    if (ret < 0) {
+        fprintf(stderr, "Resolved L2 tables not %s: %s\n",
+                bad ? "rewritten" : "checked", error_get_pretty(local_err));
+        error_free(local_err);
+        res->check_errors++;
+    }
+    qemu_vfree(own);
+    qemu_vfree(stored);
+    qemu_vfree(expect);
+    qemu_vfree(scratch);
+    return 0;
+}
