@@ -48,6 +48,7 @@ class Process:
         self.own_output = output is None
         self.output = output or tempfile.TemporaryFile('w+', errors='replace')
         self.group = self.pid = self.returncode = self.maxrss = None
+        self.inblock = None
         try:
             self.launch(cmd)
         except BaseException:
@@ -84,6 +85,9 @@ class Process:
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self.maxrss = usage.ru_maxrss   # KiB
+                # Blocks of 512 bytes read from storage (with O_DIRECT:
+                # every byte the command read)
+                self.inblock = usage.ru_inblock
         return self.returncode
 
     def poll(self):
