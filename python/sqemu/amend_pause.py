@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -627,17 +626,10 @@ def main():
     util.interrupt_on(signal.SIGTERM)
     work = tempfile.mkdtemp(prefix='amend-pause-', dir=args.workdir or
                             '/var/tmp')
+    run = stream_compare if args.stream_compare else measure
     try:
-        if args.stream_compare:
-            stream_compare(args, work)
-        else:
-            measure(args, work)
-    except (PauseError, OSError, subprocess.CalledProcessError) as e:
-        print('amend-pause: error: %s' % e, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('amend-pause: interrupted', file=sys.stderr)
-        return 130
+        return util.run_main('amend-pause', lambda: run(args, work),
+                             (PauseError, OSError,
+                              subprocess.CalledProcessError))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0

@@ -685,12 +685,4 @@ def main():
               'runtime)', file=sys.stderr)
         return 1
     util.interrupt_on(signal.SIGTERM, signal.SIGHUP)
-    try:
-        bench(args)
-    except (BenchError, OSError) as e:
-        print('bench: error: %s' % e, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('bench: interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return util.run_main('bench', lambda: bench(args), (BenchError, OSError))

@@ -686,9 +686,5 @@ def parse_args(argv):
 def main():
     args = parse_args(sys.argv[1:])
     util.exit_on(signal.SIGTERM)
-    try:
-        evaluate(args)
-    except (EvalError, bench.BenchError, OSError) as e:
-        sys.exit('eval: error: %s' % e)
-    except KeyboardInterrupt:
-        sys.exit('eval: interrupted')
+    return util.run_main('eval', lambda: evaluate(args),
+                         (EvalError, bench.BenchError, OSError), 1)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # Small pure helpers that several commands share: sizes on the command
-# line, percentiles of latencies.
+# line, percentiles of latencies, the end of a command on an error.
 
 import argparse
 import os
@@ -63,6 +63,20 @@ def make_workdir(path, prefix, error):
     except FileExistsError:
         raise error('--workdir %s already exists' % os.path.abspath(path))
     return os.path.abspath(path)
+
+
+def run_main(prog, work, errors, interrupt_rc=130):
+    """Command @prog's exit status: @work()'s (None: 0), or 1 after
+    "@prog: error: MESSAGE" on stderr for an exception of @errors, or
+    @interrupt_rc after "@prog: interrupted" on Ctrl-C"""
+    try:
+        return work() or 0
+    except errors as e:
+        print('%s: error: %s' % (prog, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('%s: interrupted' % prog, file=sys.stderr)
+        return interrupt_rc
 
 
 def _exit(signum, _frame):

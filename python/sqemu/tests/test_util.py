@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.util and sqemu.paths: sizes, percentiles, finding tools.
+# sqemu.util and sqemu.paths: sizes, percentiles, a command's end,
+# finding tools.
 
 import argparse
 import os
@@ -30,6 +31,24 @@ def test_percentiles():
     values = values[50:] + values[:50]
     assert util.percentiles(values) == \
         'n=100  median 51.00 ms  p99 100.00 ms  max 100.00 ms'
+
+
+def test_run_main(capsys):
+    def fail(exc):
+        raise exc
+
+    assert util.run_main('cmd', lambda: None, ValueError) == 0
+    assert util.run_main('cmd', lambda: 3, ValueError) == 3
+    assert util.run_main('cmd', lambda: fail(ValueError('bad')),
+                         (ValueError, OSError)) == 1
+    assert capsys.readouterr().err == 'cmd: error: bad\n'
+    assert util.run_main('cmd', lambda: fail(KeyboardInterrupt()),
+                         ValueError) == 130
+    assert util.run_main('cmd', lambda: fail(KeyboardInterrupt()),
+                         ValueError, 1) == 1
+    assert capsys.readouterr().err == 'cmd: interrupted\n' * 2
+    with pytest.raises(OSError):
+        util.run_main('cmd', lambda: fail(OSError()), ValueError)
 
 
 def test_find_tool(tmp_path):
