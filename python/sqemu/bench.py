@@ -34,13 +34,7 @@ from sqemu import paths, util
 from sqemu.proc import Process
 from sqemu.qsd import Daemon
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
-# Debian's stock QEMU comes from its packages (scripts/sqemu/stock-qemu):
-# /usr/bin is sQemu's once sQemu's packages are installed
-DEFAULT_STOCK = None
-DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
+MKCHAIN = paths.script('mkchain')
 BUILDS = ('stock', 'ours')
 TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
 
@@ -120,15 +114,10 @@ def execute(cmd):
 
 # Builds.
 
-def stock_dir():
-    """The directory of Debian's stock QEMU binaries."""
-    return paths.stock_dir(BenchError)
-
-
 def find_builds(args):
     """Map build name -> {tool name -> path}; raise BenchError naming
     everything that is missing."""
-    stock = args.stock or stock_dir()
+    stock = args.stock or paths.stock_dir(BenchError)
     builds, missing = paths.find_builds((('stock', stock),
                                          ('ours', args.ours)), TOOLS)
     if missing:
@@ -567,11 +556,11 @@ def parse_args():
                     'snapshot creation.',
         epilog='Prints a table; writes raw numbers as JSON and a plot as '
                'PNG.  Needs fio (apt-get install fio).')
-    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+    parser.add_argument('--stock', metavar='DIR',
                         help='directory of the stock build\'s binaries '
                              '(default: Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
-    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+    parser.add_argument('--ours', default=paths.BUILD, metavar='DIR',
                         help='directory of our build\'s binaries, also '
                              'searched in DIR/storage-daemon (default '
                              '%(default)s)')

@@ -65,8 +65,9 @@ def find_builds(directories, tools):
 
 def stock_dir(error=None):
     """The directory of Debian's stock QEMU binaries, which stock-qemu
-    unpacks from Debian's packages (the baseline); if it failed (and
-    stock-qemu said why on stderr), None, or exception @error if given"""
+    unpacks from Debian's packages (the baseline: /usr/bin is sQemu's once
+    sQemu's packages are installed); if it failed (and stock-qemu said why
+    on stderr), None, or exception @error if given"""
     try:
         out = subprocess.run([script('stock-qemu'), '--quiet'],
                              stdout=subprocess.PIPE, text=True)

@@ -46,13 +46,7 @@ import traceback
 from sqemu import paths, qsd, util
 from sqemu.proc import Processes
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
-DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
-# Debian's stock QEMU, from its packages (scripts/sqemu/stock-qemu; /usr/bin
-# is sQemu's once it is installed)
-DEFAULT_STOCK = None
+MKCHAIN = paths.script('mkchain')
 TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
 PHASES = ('mixed', 'kill')
 
@@ -819,11 +813,11 @@ def parse_args():
                              '(default %(default)s)')
     parser.add_argument('--seed', type=int, default=CHAIN_SEED,
                         help='mkchain seed (default %(default)s)')
-    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+    parser.add_argument('--ours', default=paths.BUILD, metavar='DIR',
                         help='directory of our build\'s binaries, also '
                              'searched in DIR/storage-daemon (default '
                              '%(default)s)')
-    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+    parser.add_argument('--stock', metavar='DIR',
                         help='directory of stock binaries (default: '
                              'Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
