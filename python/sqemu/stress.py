@@ -371,15 +371,12 @@ class Stress:
                                   ('stock', self.stock, self.stock_top)):
             progress('mixed: %s qemu-storage-daemon, fio randrw %s...' %
                      (build, human_size(self.args.io_size)))
-            daemon = Daemon(self.procs, tools['qemu-storage-daemon'], top,
-                            rundir)
-            try:
+            with Daemon(self.procs, tools['qemu-storage-daemon'], top,
+                        rundir) as daemon:
                 runs[build] = self.mixed_fio(build, daemon, rundir)
                 if build == 'ours':
                     self.check_daemon_counters(daemon.counters())
                 daemon.stop()
-            finally:
-                daemon.close()
         self.chains_equal = False
         if runs['ours'] is not None and runs['stock'] is not None:
             same = runs['ours'] == runs['stock']
@@ -535,24 +532,18 @@ class Stress:
         progress('kill: ours qemu-storage-daemon (writethrough), fio '
                  'randwrite QD%d, SIGKILL after %g s...' %
                  (IODEPTH, args.kill_after))
-        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                        self.ours_top, rundir, writethrough=True)
-        try:
+        with Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                    self.ours_top, rundir, writethrough=True) as daemon:
             issued, acked = self.write_and_kill(daemon, rundir)
-        finally:
-            daemon.close()
         if issued is None:
             return
         self.check_image('kill: qemu-img check (ours)', leaks_ok=True)
         progress('kill: restarting ours\' daemon, fio verify_only over the '
                  '%d issued writes...' % len(issued))
-        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                        self.ours_top, rundir, writethrough=True)
-        try:
+        with Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                    self.ours_top, rundir, writethrough=True) as daemon:
             self.verify_acked(daemon, rundir, issued, acked)
             daemon.stop()
-        finally:
-            daemon.close()
         progress('kill: reading the disk with ours (qemu-img convert)...')
         after, t_ours = self.read_disk('ours', self.ours_top, 'after.raw',
                                        convert=True)
@@ -869,13 +860,11 @@ def main():
         stress = Stress(args, procs, workdir)
         stress.run()
         status = 0
-    except StressError as e:
+    except (StressError, OSError) as e:
         print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
     except KeyboardInterrupt:
         print('stress: interrupted', file=sys.stderr)
         status = 130
-    except OSError as e:
-        print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
     except Exception:
         traceback.print_exc()
         print('FAIL  %-36s internal error (traceback above)' % 'stress',
