@@ -187,19 +187,9 @@ def read_counters(tools, top, size):
     """Read the whole disk once through ours' qemu-io and return its
     sqemu-stats counters: they show whether reads went straight to the
     layer holding each cluster."""
-    chunk = 64 << 20
-    commands = ['read -q %d %d' % (off, min(chunk, size - off))
-                for off in range(0, size, chunk)]
-    cmd = [tools['qemu-io'], '-r', '-f', 'qcow2', top]
-    for c in commands + ['sqemu-stats']:
-        cmd += ['-c', c]
-    output = execute(cmd)[0]
-    counters = {}
-    for line in output.splitlines():
-        m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
-        if m:
-            value = m.group(2)
-            counters[m.group(1)] = int(value) if value.isdigit() else value
+    output = execute(util.stats_command(tools['qemu-io'], top, size))[0]
+    counters = {name: int(value) if value.isdigit() else value
+                for name, value in util.parse_stats(output).items()}
     if 'direct-access' not in counters:
         raise BenchError('qemu-io sqemu-stats printed no counters: ' +
                          output[:200])
@@ -213,14 +203,7 @@ def run_fio(sock, runtime):
                       '--iodepth=%d' % RAND_IODEPTH,
                       '--runtime=%d' % runtime, '--time_based',
                       '--output-format=json'])[0]
-    # The nbd engine prints a line of its own before the JSON.
-    m = re.search(r'^\{', output, re.M)
-    try:
-        if not m:
-            raise ValueError('no JSON')
-        job = json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
-    except (ValueError, KeyError, IndexError):
-        raise BenchError('cannot parse fio output: ' + output[:200])
+    job = util.fio_job(output, BenchError, 200)
     if job['error']:
         raise BenchError('fio job failed with error %d' % job['error'])
     return job['read']['iops']

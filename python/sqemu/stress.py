@@ -55,7 +55,6 @@ IODEPTH = 32
 CHAIN_SEED = 1
 MIXED_SEED = 20261121
 KILL_SEED = 4242
-READ_CHUNK = 64 << 20
 # sqemu-stats' reason when no read went below the top
 NOTHING_BELOW = 'no read of the backing chain yet'
 # Opening a chain of 1000 layers takes about 12 s; stock reads of a long
@@ -123,18 +122,6 @@ class Daemon(qsd.Daemon):
 
 
 # fio.
-
-def fio_json(output):
-    """The job of fio's JSON output (the nbd engine prints lines of its
-    own before the JSON)."""
-    m = re.search(r'^\{', output, re.M)
-    try:
-        if not m:
-            raise ValueError('no JSON')
-        return json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
-    except (ValueError, KeyError, IndexError):
-        raise StressError('cannot parse fio output: ' + output[:300])
-
 
 def read_iolog(path):
     """fio's write_iolog as a list of (action, offset, length) of its reads
@@ -343,7 +330,7 @@ class Stress:
         name = 'mixed: fio verify, %s' % build
         if not daemon.alive():
             raise daemon.failed()
-        job = fio_json(out) if out.lstrip() else {}
+        job = util.fio_job(out, StressError) if out.lstrip() else {}
         if code != 0 or job.get('error'):
             bad = bad_blocks(err)
             self.check(name, False, 'fio %s, job error %s%s: %s' %
@@ -471,18 +458,9 @@ class Stress:
         below the top must all go straight to the layer that holds the
         cluster.  With @top_may_hold_all, a top that holds every cluster
         (nothing read below, so the chain view is never built) passes."""
-        size = self.args.size
-        cmd = [self.ours['qemu-io'], '-r', '-f', 'qcow2', self.ours_top]
-        for off in range(0, size, READ_CHUNK):
-            cmd += ['-c', 'read -q %d %d' % (off, min(READ_CHUNK,
-                                                      size - off))]
-        cmd += ['-c', 'sqemu-stats']
-        code, out, _ = self.procs.run(cmd)
-        c = {}
-        for line in out.splitlines():
-            m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
-            if m:
-                c[m.group(1)] = m.group(2)
+        code, out, _ = self.procs.run(util.stats_command(
+            self.ours['qemu-io'], self.ours_top, self.args.size))
+        c = util.parse_stats(out)
         ok = (code == 0 and c.get('direct-access') == 'yes' and
               c.get('vanilla-fallbacks') == '0')
         nothing_below = (c.get('direct-access') == 'no' and
@@ -605,7 +583,7 @@ class Stress:
         finally:
             self.procs.forget(fio)
         with open(out_path) as f:
-            job = fio_json(f.read())
+            job = util.fio_job(f.read(), StressError)
         issued = [off for action, off, _ in read_iolog(iolog)
                   if action == 'write']
         acked = read_completions(os.path.join(rundir, 'ack_clat.*.log'))
@@ -668,7 +646,7 @@ class Stress:
             cwd=rundir, merge=False)
         if not daemon.alive():
             raise daemon.failed()
-        job = fio_json(out) if out.lstrip() else {}
+        job = util.fio_job(out, StressError) if out.lstrip() else {}
         verified = [off for action, off, _ in read_iolog(vlog)
                     if action == 'read']
         bad = bad_blocks(err)

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # Small pure helpers that several commands share: sizes on the command
-# line, percentiles of latencies, the end of a command on an error.
+# line, fio's JSON output and sQemu's qemu-io counters, percentiles of
+# latencies, the end of a command on an error.
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -41,6 +43,38 @@ def tail(text, lines=3):
     """The last @lines non-empty lines of @text, stripped, on one line"""
     kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return ' | '.join(kept[-lines:])
+
+
+def fio_job(output, error, shown=300):
+    """The job of fio's JSON output (the nbd engine prints lines of its
+    own before the JSON); exception @error, with the first @shown
+    characters of the output, if there is none"""
+    m = re.search(r'^\{', output, re.M)
+    try:
+        if not m:
+            raise ValueError('no JSON')
+        return json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
+    except (ValueError, KeyError, IndexError):
+        raise error('cannot parse fio output: ' + output[:shown])
+
+
+def stats_command(qemu_io, image, size, chunk=64 << 20):
+    """The command that reads the whole disk (@size bytes) of qcow2
+    @image through @qemu_io, then prints its sqemu-stats counters"""
+    cmd = [qemu_io, '-r', '-f', 'qcow2', image]
+    for off in range(0, size, chunk):
+        cmd += ['-c', 'read -q %d %d' % (off, min(chunk, size - off))]
+    return cmd + ['-c', 'sqemu-stats']
+
+
+def parse_stats(output):
+    """The counters in sqemu-stats' @output, {name: value as printed}"""
+    counters = {}
+    for line in output.splitlines():
+        m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
+        if m:
+            counters[m.group(1)] = m.group(2)
+    return counters
 
 
 def percentiles(values):

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.util and sqemu.paths: sizes, percentiles, a command's end,
-# finding tools.
+# sqemu.util and sqemu.paths: sizes, fio's JSON, sqemu-stats,
+# percentiles, a command's end, finding tools.
 
 import argparse
 import os
@@ -23,6 +23,26 @@ def test_parse_size_refuses(text):
     with pytest.raises(argparse.ArgumentTypeError) as e:
         util.parse_size(text, '256M, 1G')
     assert repr(text) in str(e.value) and '256M, 1G' in str(e.value)
+
+
+def test_fio_job():
+    out = 'nbd: connected\nnote: x\n{"jobs": [{"jobname": "j"}]}\ntrailer'
+    assert util.fio_job(out, ValueError) == {'jobname': 'j'}
+    for bad in ('no json here', '{"jobs": []}', '{broken'):
+        with pytest.raises(OSError) as e:
+            util.fio_job(bad, OSError, 4)
+        assert str(e.value) == 'cannot parse fio output: ' + bad[:4]
+
+
+def test_stats():
+    assert util.stats_command('qemu-io', 'top.qcow2', 100 << 20) == [
+        'qemu-io', '-r', '-f', 'qcow2', 'top.qcow2',
+        '-c', 'read -q 0 67108864', '-c', 'read -q 67108864 37748736',
+        '-c', 'sqemu-stats']
+    out = ('qemu-io> direct-access: yes\n  direct-reads: 12\n'
+           'reason: no read of the backing chain yet\nNot: a counter\n')
+    assert util.parse_stats(out) == {
+        'direct-reads': '12', 'reason': 'no read of the backing chain yet'}
 
 
 def test_percentiles():
