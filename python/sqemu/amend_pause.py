@@ -133,13 +133,18 @@ class Client(threading.Thread):
         return [lat for start, lat in self.samples if t0 <= start < t1]
 
 
+def execute(qmp, cmd, args):
+    """Run QMP command @cmd with @args; PauseError if it fails"""
+    res = qmp.cmd(cmd, args)
+    if 'error' in res:
+        raise PauseError('%s: %s' % (cmd, res['error']['desc']))
+
+
 def run_job(qmp, cmd, args, complete=False):
     """Run block job @cmd (job-id 'op', not dismissed on its own, as
     libvirt runs them); with @complete, complete it once ready (a mirror's
     pivot).  Returns when it concluded and was dismissed."""
-    res = qmp.cmd(cmd, dict(args, **{'job-id': 'op', 'auto-dismiss': False}))
-    if 'error' in res:
-        raise PauseError('%s: %s' % (cmd, res['error']['desc']))
+    execute(qmp, cmd, dict(args, **{'job-id': 'op', 'auto-dismiss': False}))
     while True:
         state = [j for j in qmp.cmd('query-jobs')['return']
                  if j['id'] == 'op'][0]
@@ -213,21 +218,16 @@ def chain_operation(args, qmp, chain, work):
                 complete=True)
     elif args.after == 'snapshot':
         progress('blockdev-snapshot-sync of the top')
-        res = qmp.cmd('blockdev-snapshot-sync', {
+        execute(qmp, 'blockdev-snapshot-sync', {
             'node-name': 'top', 'snapshot-node-name': 'snap',
             'snapshot-file': os.path.join(work, 'snap.qcow2'),
             'format': 'qcow2'})
-        if 'error' in res:
-            raise PauseError('blockdev-snapshot-sync: ' +
-                             res['error']['desc'])
     elif args.after == 'change-backing-file':
         progress('change-backing-file of the top naming depth %d' %
                  (args.layers - 1))
-        res = qmp.cmd('change-backing-file', {
+        execute(qmp, 'change-backing-file', {
             'device': 'top', 'image-node-name': 'top',
             'backing-file': layer(args.layers - 1)})
-        if 'error' in res:
-            raise PauseError('change-backing-file: ' + res['error']['desc'])
     elif args.after in SYSTEM_OPS:
         progress('HMP ' + args.after)
         res = qmp.cmd('human-monitor-command',
@@ -238,13 +238,11 @@ def chain_operation(args, qmp, chain, work):
         # the top's backing file becomes the layer below it (in memory)
         progress('blockdev-reopen of the top onto depth %d' %
                  (args.layers - 2))
-        res = qmp.cmd('blockdev-reopen', {'options': [{
+        execute(qmp, 'blockdev-reopen', {'options': [{
             'driver': 'qcow2', 'node-name': 'top',
             'file': {'driver': 'file',
                      'filename': layer(args.layers)},
             'backing': node(args.layers - 2)}]})
-        if 'error' in res:
-            raise PauseError('blockdev-reopen: ' + res['error']['desc'])
     return time.monotonic()
 
 
@@ -360,18 +358,16 @@ def amend(args, qmp):
     if args.speed:
         job['speed'] = args.speed
     t0 = time.monotonic()
-    res = qmp.cmd('x-blockdev-amend', job)
-    if 'error' in res:
-        raise PauseError('x-blockdev-amend: ' + res['error']['desc'])
+    execute(qmp, 'x-blockdev-amend', job)
     last = -1
     while True:
         state = qmp.cmd('query-jobs')['return'][0]
         if state['status'] == 'concluded':
             break
-        if state['current-progress'] * 10 // max(
-                state['total-progress'], 1) != last:
-            last = state['current-progress'] * 10 // max(
-                state['total-progress'], 1)
+        tenth = state['current-progress'] * 10 // max(
+            state['total-progress'], 1)
+        if tenth != last:
+            last = tenth
             progress('job: %d of %d L2 slices' % (
                 state['current-progress'], state['total-progress']))
         time.sleep(0.05)
