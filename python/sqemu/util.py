@@ -102,13 +102,16 @@ def make_workdir(path, prefix, error):
 def run_main(prog, work, errors, interrupt_rc=130):
     """Command @prog's exit status: @work()'s (None: 0), or 1 after
     "@prog: error: MESSAGE" on stderr for an exception of @errors, or
-    @interrupt_rc after "@prog: interrupted" on Ctrl-C"""
+    @interrupt_rc after "@prog: interrupted" on Ctrl-C (if None, Ctrl-C
+    is not caught)"""
     try:
         return work() or 0
     except errors as e:
         print('%s: error: %s' % (prog, e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if interrupt_rc is None:
+            raise
         print('%s: interrupted' % prog, file=sys.stderr)
         return interrupt_rc
 

@@ -69,6 +69,10 @@ def test_run_main(capsys):
     assert capsys.readouterr().err == 'cmd: interrupted\n' * 2
     with pytest.raises(OSError):
         util.run_main('cmd', lambda: fail(OSError()), ValueError)
+    with pytest.raises(KeyboardInterrupt):
+        util.run_main('cmd', lambda: fail(KeyboardInterrupt()), ValueError,
+                      None)
+    assert capsys.readouterr().err == ''
 
 
 def test_find_tool(tmp_path):
