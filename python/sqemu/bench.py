@@ -20,7 +20,6 @@
 
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -93,10 +92,9 @@ def parse_lengths(text):
 
 
 def describe_exit(name, code, output):
-    how = util.describe_status(code)
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return '%s failed (%s)%s' % (name, how,
-                                 ': ' + lines[-1] if lines else '')
+    last = util.tail(output, 1)
+    return '%s failed (%s)%s' % (name, util.describe_status(code),
+                                 ': ' + last if last else '')
 
 
 def execute(cmd):
@@ -471,13 +469,6 @@ def parameters(args):
             'chain_options': args.chain_options, 'quick': args.quick}
 
 
-def write_json(path, report):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(report, f, indent=2)
-        f.write('\n')
-
-
 # (title, ((row key, line style, scale, label suffix), ...))
 PANELS = (
     ('sequential read, QD1 (MB/s)', (('seq_mbps', '-', 1, ''),)),
@@ -643,7 +634,7 @@ def bench(args):
         print(counters)
     print()
     print(format_targets(rows))
-    write_json(args.json, report)
+    util.write_json(args.json, report)
     write_plot(args.plot, report)
     progress('wrote %s and %s in %.0f s' % (args.json, args.plot,
                                             report['elapsed_s']))

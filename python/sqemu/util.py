@@ -2,7 +2,7 @@
 #
 # Small pure helpers that several commands share: sizes on the command
 # line, fio's JSON output and sQemu's qemu-io counters, percentiles of
-# latencies, the end of a command on an error.
+# latencies, results as JSON files, the end of a command on an error.
 
 import argparse
 import json
@@ -85,6 +85,15 @@ def percentiles(values):
     return 'n=%d  median %.2f ms  p99 %.2f ms  max %.2f ms' % (
         len(v), v[len(v) // 2] * 1e3, v[int(len(v) * 0.99)] * 1e3,
         v[-1] * 1e3)
+
+
+def write_json(path, data):
+    """@data as indented JSON into file @path, its directory made first
+    if need be"""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2)
+        f.write('\n')
 
 
 def make_workdir(path, prefix, error):

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # sqemu.util and sqemu.paths: sizes, fio's JSON, sqemu-stats,
-# percentiles, a command's end, finding tools.
+# percentiles, JSON files, a command's end, finding tools.
 
 import argparse
 import os
@@ -43,6 +43,12 @@ def test_stats():
            'reason: no read of the backing chain yet\nNot: a counter\n')
     assert util.parse_stats(out) == {
         'direct-reads': '12', 'reason': 'no read of the backing chain yet'}
+
+
+def test_write_json(tmp_path):
+    path = tmp_path / 'new' / 'dir' / 'r.json'
+    util.write_json(str(path), {'a': [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
 
 
 def test_percentiles():
