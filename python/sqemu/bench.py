@@ -116,11 +116,8 @@ def find_builds(args):
     """Map build name -> {tool name -> path}; raise BenchError naming
     everything that is missing."""
     stock = args.stock or paths.stock_dir(BenchError)
-    builds, missing = paths.find_builds((('stock', stock),
-                                         ('ours', args.ours)), TOOLS)
-    if missing:
-        raise BenchError('missing: ' + '; '.join(missing))
-    return builds
+    return paths.find_builds((('stock', stock), ('ours', args.ours)), TOOLS,
+                             BenchError)
 
 
 def describe_build(tools):

@@ -730,10 +730,8 @@ class Stress:
 
 
 def check_requirements(args):
-    _, missing = paths.find_builds((('ours', args.ours),
-                                    ('stock', args.stock)), TOOLS)
-    if missing:
-        raise StressError('missing: ' + '; '.join(missing))
+    paths.find_builds((('ours', args.ours), ('stock', args.stock)), TOOLS,
+                      StressError)
     ours_io = paths.find_tool(args.ours, 'qemu-io')
     commands = subprocess.run([ours_io, '-c', 'help'], text=True,
                               stdout=subprocess.PIPE,

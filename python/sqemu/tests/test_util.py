@@ -109,16 +109,20 @@ def test_find_builds(tmp_path, monkeypatch):
         (ours / tool).write_text('')
         (ours / tool).chmod(0o755)
     monkeypatch.setattr(paths.shutil, 'which', lambda name: '/bin/' + name)
-    builds, missing = paths.find_builds(
-        [('ours', str(ours)), ('stock', str(tmp_path / 'none'))],
-        ('qemu-img', 'qemu-io'))
+    builds = paths.find_builds([('ours', str(ours))],
+                               ('qemu-img', 'qemu-io'), ValueError)
     assert builds['ours'] == {'qemu-img': str(ours / 'qemu-img'),
                               'qemu-io': str(ours / 'qemu-io')}
-    assert builds['stock'] == {'qemu-img': None, 'qemu-io': None}
-    assert missing == ['stock qemu-img, qemu-io (looked in %s and its '
-                       'storage-daemon/)' % (tmp_path / 'none')]
+    with pytest.raises(ValueError) as e:
+        paths.find_builds(
+            [('ours', str(ours)), ('stock', str(tmp_path / 'none'))],
+            ('qemu-img', 'qemu-io'), ValueError)
+    assert str(e.value) == ('missing: stock qemu-img, qemu-io (looked in %s '
+                            'and its storage-daemon/)' % (tmp_path / 'none'))
     monkeypatch.setattr(paths.shutil, 'which', lambda name: None)
-    assert paths.find_builds([], ())[1] == ['fio (apt-get install fio)']
+    with pytest.raises(ValueError) as e:
+        paths.find_builds([], (), ValueError)
+    assert str(e.value) == 'missing: fio (apt-get install fio)'
 
 
 def test_tail():
