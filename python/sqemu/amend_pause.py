@@ -32,8 +32,6 @@ from sqemu import chain as sqemu_chain
 from sqemu import paths, util
 from sqemu.qsd import Daemon
 
-OURS = paths.BUILD
-
 BLOCK = 4096
 START_TIMEOUT = 600
 
@@ -249,7 +247,7 @@ def chain_operation(args, qmp, chain, work):
 def offline_operation(args, top, chain):
     """Run the offline operation --after names on the chain with our
     qemu-img; returns the command's time"""
-    qemu_img = os.path.join(OURS, 'qemu-img')
+    qemu_img = os.path.join(paths.BUILD, 'qemu-img')
 
     def layer(depth):
         return layer_path(chain, depth, args.layers)
@@ -391,7 +389,7 @@ def make_chain(args, stock, chain, index):
     top = layer_path(chain, args.layers, args.layers)
     if index:
         progress('indexing the chain offline (qemu-img amend)')
-        subprocess.run([os.path.join(OURS, 'qemu-img'), 'amend', '-o',
+        subprocess.run([os.path.join(paths.BUILD, 'qemu-img'), 'amend', '-o',
                         'backing-index=on', top], check=True)
     return top
 
@@ -426,7 +424,7 @@ def stream_compare(args, work):
     rows = []
     for label, binary, index in (
             ('stock', os.path.join(stock, 'qemu-storage-daemon'), False),
-            ('sQemu', os.path.join(OURS, 'storage-daemon',
+            ('sQemu', os.path.join(paths.BUILD, 'storage-daemon',
                                    'qemu-storage-daemon'), True)):
         chain = os.path.join(work, 'chain-' + label)
         top = make_chain(args, stock, chain, index)
@@ -478,9 +476,9 @@ def measure(args, work):
     offline = args.after in OFFLINE
     if offline:
         took = offline_operation(args, top, chain)
-    binary = os.path.join(OURS, 'storage-daemon', 'qemu-storage-daemon')
+    binary = os.path.join(paths.BUILD, 'storage-daemon', 'qemu-storage-daemon')
     if args.after in SYSTEM_OPS:
-        binary = os.path.join(OURS, 'qemu-system-x86_64')
+        binary = os.path.join(paths.BUILD, 'qemu-system-x86_64')
     opened = time.monotonic()
     daemon, qmp = start_daemon(
         # qemu-system-x86_64 takes the file of the last --trace
