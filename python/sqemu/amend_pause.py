@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,8 +31,6 @@ import time
 from sqemu import chain as sqemu_chain
 from sqemu import paths, util
 from sqemu.qsd import Daemon
-
-OURS = paths.BUILD
 
 BLOCK = 4096
 START_TIMEOUT = 600
@@ -134,13 +131,18 @@ class Client(threading.Thread):
         return [lat for start, lat in self.samples if t0 <= start < t1]
 
 
+def execute(qmp, cmd, args):
+    """Run QMP command @cmd with @args; PauseError if it fails"""
+    res = qmp.cmd(cmd, args)
+    if 'error' in res:
+        raise PauseError('%s: %s' % (cmd, res['error']['desc']))
+
+
 def run_job(qmp, cmd, args, complete=False):
     """Run block job @cmd (job-id 'op', not dismissed on its own, as
     libvirt runs them); with @complete, complete it once ready (a mirror's
     pivot).  Returns when it concluded and was dismissed."""
-    res = qmp.cmd(cmd, dict(args, **{'job-id': 'op', 'auto-dismiss': False}))
-    if 'error' in res:
-        raise PauseError('%s: %s' % (cmd, res['error']['desc']))
+    execute(qmp, cmd, dict(args, **{'job-id': 'op', 'auto-dismiss': False}))
     while True:
         state = [j for j in qmp.cmd('query-jobs')['return']
                  if j['id'] == 'op'][0]
@@ -214,21 +216,16 @@ def chain_operation(args, qmp, chain, work):
                 complete=True)
     elif args.after == 'snapshot':
         progress('blockdev-snapshot-sync of the top')
-        res = qmp.cmd('blockdev-snapshot-sync', {
+        execute(qmp, 'blockdev-snapshot-sync', {
             'node-name': 'top', 'snapshot-node-name': 'snap',
             'snapshot-file': os.path.join(work, 'snap.qcow2'),
             'format': 'qcow2'})
-        if 'error' in res:
-            raise PauseError('blockdev-snapshot-sync: ' +
-                             res['error']['desc'])
     elif args.after == 'change-backing-file':
         progress('change-backing-file of the top naming depth %d' %
                  (args.layers - 1))
-        res = qmp.cmd('change-backing-file', {
+        execute(qmp, 'change-backing-file', {
             'device': 'top', 'image-node-name': 'top',
             'backing-file': layer(args.layers - 1)})
-        if 'error' in res:
-            raise PauseError('change-backing-file: ' + res['error']['desc'])
     elif args.after in SYSTEM_OPS:
         progress('HMP ' + args.after)
         res = qmp.cmd('human-monitor-command',
@@ -239,20 +236,18 @@ def chain_operation(args, qmp, chain, work):
         # the top's backing file becomes the layer below it (in memory)
         progress('blockdev-reopen of the top onto depth %d' %
                  (args.layers - 2))
-        res = qmp.cmd('blockdev-reopen', {'options': [{
+        execute(qmp, 'blockdev-reopen', {'options': [{
             'driver': 'qcow2', 'node-name': 'top',
             'file': {'driver': 'file',
                      'filename': layer(args.layers)},
             'backing': node(args.layers - 2)}]})
-        if 'error' in res:
-            raise PauseError('blockdev-reopen: ' + res['error']['desc'])
     return time.monotonic()
 
 
 def offline_operation(args, top, chain):
     """Run the offline operation --after names on the chain with our
     qemu-img; returns the command's time"""
-    qemu_img = os.path.join(OURS, 'qemu-img')
+    qemu_img = os.path.join(paths.BUILD, 'qemu-img')
 
     def layer(depth):
         return layer_path(chain, depth, args.layers)
@@ -361,18 +356,16 @@ def amend(args, qmp):
     if args.speed:
         job['speed'] = args.speed
     t0 = time.monotonic()
-    res = qmp.cmd('x-blockdev-amend', job)
-    if 'error' in res:
-        raise PauseError('x-blockdev-amend: ' + res['error']['desc'])
+    execute(qmp, 'x-blockdev-amend', job)
     last = -1
     while True:
         state = qmp.cmd('query-jobs')['return'][0]
         if state['status'] == 'concluded':
             break
-        if state['current-progress'] * 10 // max(
-                state['total-progress'], 1) != last:
-            last = state['current-progress'] * 10 // max(
-                state['total-progress'], 1)
+        tenth = state['current-progress'] * 10 // max(
+            state['total-progress'], 1)
+        if tenth != last:
+            last = tenth
             progress('job: %d of %d L2 slices' % (
                 state['current-progress'], state['total-progress']))
         time.sleep(0.05)
@@ -396,7 +389,7 @@ def make_chain(args, stock, chain, index):
     top = layer_path(chain, args.layers, args.layers)
     if index:
         progress('indexing the chain offline (qemu-img amend)')
-        subprocess.run([os.path.join(OURS, 'qemu-img'), 'amend', '-o',
+        subprocess.run([os.path.join(paths.BUILD, 'qemu-img'), 'amend', '-o',
                         'backing-index=on', top], check=True)
     return top
 
@@ -431,7 +424,7 @@ def stream_compare(args, work):
     rows = []
     for label, binary, index in (
             ('stock', os.path.join(stock, 'qemu-storage-daemon'), False),
-            ('sQemu', os.path.join(OURS, 'storage-daemon',
+            ('sQemu', os.path.join(paths.BUILD, 'storage-daemon',
                                    'qemu-storage-daemon'), True)):
         chain = os.path.join(work, 'chain-' + label)
         top = make_chain(args, stock, chain, index)
@@ -483,9 +476,9 @@ def measure(args, work):
     offline = args.after in OFFLINE
     if offline:
         took = offline_operation(args, top, chain)
-    binary = os.path.join(OURS, 'storage-daemon', 'qemu-storage-daemon')
+    binary = os.path.join(paths.BUILD, 'storage-daemon', 'qemu-storage-daemon')
     if args.after in SYSTEM_OPS:
-        binary = os.path.join(OURS, 'qemu-system-x86_64')
+        binary = os.path.join(paths.BUILD, 'qemu-system-x86_64')
     opened = time.monotonic()
     daemon, qmp = start_daemon(
         # qemu-system-x86_64 takes the file of the last --trace
@@ -627,17 +620,10 @@ def main():
     util.interrupt_on(signal.SIGTERM)
     work = tempfile.mkdtemp(prefix='amend-pause-', dir=args.workdir or
                             '/var/tmp')
+    run = stream_compare if args.stream_compare else measure
     try:
-        if args.stream_compare:
-            stream_compare(args, work)
-        else:
-            measure(args, work)
-    except (PauseError, OSError, subprocess.CalledProcessError) as e:
-        print('amend-pause: error: %s' % e, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('amend-pause: interrupted', file=sys.stderr)
-        return 130
+        return util.run_main('amend-pause', lambda: run(args, work),
+                             (PauseError, OSError,
+                              subprocess.CalledProcessError))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0

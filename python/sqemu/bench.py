@@ -20,7 +20,6 @@
 
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -34,13 +33,7 @@ from sqemu import paths, util
 from sqemu.proc import Process
 from sqemu.qsd import Daemon
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
-# Debian's stock QEMU comes from its packages (scripts/sqemu/stock-qemu):
-# /usr/bin is sQemu's once sQemu's packages are installed
-DEFAULT_STOCK = None
-DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
+MKCHAIN = paths.script('mkchain')
 BUILDS = ('stock', 'ours')
 TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
 
@@ -99,10 +92,9 @@ def parse_lengths(text):
 
 
 def describe_exit(name, code, output):
-    how = util.describe_status(code)
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return '%s failed (%s)%s' % (name, how,
-                                 ': ' + lines[-1] if lines else '')
+    last = util.tail(output, 1)
+    return '%s failed (%s)%s' % (name, util.describe_status(code),
+                                 ': ' + last if last else '')
 
 
 def execute(cmd):
@@ -121,20 +113,12 @@ def execute(cmd):
 
 # Builds.
 
-def stock_dir():
-    """The directory of Debian's stock QEMU binaries."""
-    return paths.stock_dir(BenchError)
-
-
 def find_builds(args):
     """Map build name -> {tool name -> path}; raise BenchError naming
     everything that is missing."""
-    stock = args.stock or stock_dir()
-    builds, missing = paths.find_builds((('stock', stock),
-                                         ('ours', args.ours)), TOOLS)
-    if missing:
-        raise BenchError('missing: ' + '; '.join(missing))
-    return builds
+    stock = args.stock or paths.stock_dir(BenchError)
+    return paths.find_builds((('stock', stock), ('ours', args.ours)), TOOLS,
+                             BenchError)
 
 
 def describe_build(tools):
@@ -206,19 +190,9 @@ def read_counters(tools, top, size):
     """Read the whole disk once through ours' qemu-io and return its
     sqemu-stats counters: they show whether reads went straight to the
     layer holding each cluster."""
-    chunk = 64 << 20
-    commands = ['read -q %d %d' % (off, min(chunk, size - off))
-                for off in range(0, size, chunk)]
-    cmd = [tools['qemu-io'], '-r', '-f', 'qcow2', top]
-    for c in commands + ['sqemu-stats']:
-        cmd += ['-c', c]
-    output = execute(cmd)[0]
-    counters = {}
-    for line in output.splitlines():
-        m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
-        if m:
-            value = m.group(2)
-            counters[m.group(1)] = int(value) if value.isdigit() else value
+    output = execute(util.stats_command(tools['qemu-io'], top, size))[0]
+    counters = {name: int(value) if value.isdigit() else value
+                for name, value in util.parse_stats(output).items()}
     if 'direct-access' not in counters:
         raise BenchError('qemu-io sqemu-stats printed no counters: ' +
                          output[:200])
@@ -232,14 +206,7 @@ def run_fio(sock, runtime):
                       '--iodepth=%d' % RAND_IODEPTH,
                       '--runtime=%d' % runtime, '--time_based',
                       '--output-format=json'])[0]
-    # The nbd engine prints a line of its own before the JSON.
-    m = re.search(r'^\{', output, re.M)
-    try:
-        if not m:
-            raise ValueError('no JSON')
-        job = json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
-    except (ValueError, KeyError, IndexError):
-        raise BenchError('cannot parse fio output: ' + output[:200])
+    job = util.fio_job(output, BenchError, 200)
     if job['error']:
         raise BenchError('fio job failed with error %d' % job['error'])
     return job['read']['iops']
@@ -516,13 +483,6 @@ def parameters(args):
             'chain_options': args.chain_options, 'quick': args.quick}
 
 
-def write_json(path, report):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(report, f, indent=2)
-        f.write('\n')
-
-
 # (title, ((row key, line style, scale, label suffix), ...))
 PANELS = (
     ('sequential read, QD1 (MB/s)', (('seq_mbps', '-', 1, ''),)),
@@ -584,11 +544,11 @@ def parse_args():
                     'snapshot creation.',
         epilog='Prints a table; writes raw numbers as JSON and a plot as '
                'PNG.  Needs fio (apt-get install fio).')
-    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+    parser.add_argument('--stock', metavar='DIR',
                         help='directory of the stock build\'s binaries '
                              '(default: Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
-    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+    parser.add_argument('--ours', default=paths.BUILD, metavar='DIR',
                         help='directory of our build\'s binaries, also '
                              'searched in DIR/storage-daemon (default '
                              '%(default)s)')
@@ -688,7 +648,7 @@ def bench(args):
         print(counters)
     print()
     print(format_targets(rows))
-    write_json(args.json, report)
+    util.write_json(args.json, report)
     write_plot(args.plot, report)
     progress('wrote %s and %s in %.0f s' % (args.json, args.plot,
                                             report['elapsed_s']))
@@ -702,12 +662,4 @@ def main():
               'runtime)', file=sys.stderr)
         return 1
     util.interrupt_on(signal.SIGTERM, signal.SIGHUP)
-    try:
-        bench(args)
-    except (BenchError, OSError) as e:
-        print('bench: error: %s' % e, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('bench: interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return util.run_main('bench', lambda: bench(args), (BenchError, OSError))

@@ -308,9 +308,7 @@ def cmd_create(args):
         if not args.live:
             write_layers(args, os.path.abspath(args.outdir), where)
         params['top'] = layer_name(args.layers, args.layers)
-        with open(os.path.join(args.outdir, MANIFEST), 'w') as f:
-            json.dump(params, f, indent=2)
-            f.write('\n')
+        util.write_json(os.path.join(args.outdir, MANIFEST), params)
     except BaseException:
         if created_dir:
             shutil.rmtree(args.outdir, ignore_errors=True)

@@ -436,9 +436,5 @@ def main():
     args = parse_args()
     # the scratch tree is removed on the way out
     util.exit_on(signal.SIGTERM)
-    try:
-        build(args)
-    except (BuildError, OSError) as e:
-        sys.exit(f"mkimage: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("mkimage: interrupted")
+    return util.run_main("mkimage", lambda: build(args), (BuildError, OSError),
+                         1)

@@ -105,7 +105,7 @@ def run_json(cmd, what):
 
 def find_builds(args):
     """Tools of both builds, as bench finds them, plus qemu-system."""
-    stock = args.stock or bench.stock_dir()
+    stock = args.stock or paths.stock_dir(EvalError)
     builds = bench.find_builds(argparse.Namespace(stock=stock,
                                                   ours=args.ours))
     systems = {'stock': args.stock_qemu or
@@ -639,14 +639,14 @@ def parse_args(argv):
     parser.add_argument('--figures', default=','.join(FIGURES),
                         help='comma-separated subset of: %s (default: all)'
                         % ', '.join(FIGURES))
-    parser.add_argument('--stock', default=bench.DEFAULT_STOCK, metavar='DIR',
+    parser.add_argument('--stock', metavar='DIR',
                         help='stock qemu-img, qemu-io, qemu-storage-daemon '
                         '(default: Debian\'s packages, unpacked by '
                         'scripts/sqemu/stock-qemu)')
     parser.add_argument('--stock-qemu', metavar='PATH',
                         help='stock qemu-system-x86_64 (default: the one '
                         'beside the --stock tools)')
-    parser.add_argument('--ours', default=bench.DEFAULT_OURS, metavar='DIR',
+    parser.add_argument('--ours', default=paths.BUILD, metavar='DIR',
                         help='our build directory (default: %(default)s)')
     parser.add_argument('--initramfs-dir', default=DEFAULT_INITRAMFS_DIR,
                         metavar='DIR', help='initramfs guest (made by vmrun '
@@ -686,9 +686,5 @@ def parse_args(argv):
 def main():
     args = parse_args(sys.argv[1:])
     util.exit_on(signal.SIGTERM)
-    try:
-        evaluate(args)
-    except (EvalError, bench.BenchError, OSError) as e:
-        sys.exit('eval: error: %s' % e)
-    except KeyboardInterrupt:
-        sys.exit('eval: interrupted')
+    return util.run_main('eval', lambda: evaluate(args),
+                         (EvalError, bench.BenchError, OSError), 1)

@@ -3,9 +3,9 @@
 # The evaluation's report: docs/evaluation.md and its plots, from the
 # measured figures (eval, or eval --from-json); no measuring here.
 
-import json
 import os
 
+from sqemu import util
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, KERNEL_NOTE, LIVESNAP_DISK,
     LIVESNAP_INTERVAL, PAPER, ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SNAP_FILL,
@@ -450,7 +450,5 @@ def write_report(report, outdir, progress):
             text += section(report, plots)
     with open(os.path.join(outdir, 'evaluation.md'), 'w') as f:
         f.write('\n'.join(text))
-    with open(os.path.join(outdir, 'eval', 'eval.json'), 'w') as f:
-        json.dump(report, f, indent=2)
-        f.write('\n')
+    util.write_json(os.path.join(outdir, 'eval', 'eval.json'), report)
     return values

@@ -20,7 +20,6 @@ import re
 import signal
 import stat
 import struct
-import sys
 import tempfile
 from pathlib import Path
 
@@ -335,10 +334,6 @@ def parse_args():
 def main():
     args = parse_args()
     util.exit_on(signal.SIGTERM)
-    try:
-        version = args.kernel_version or default_kernel_version()
-        build(version, args.output_dir, args.check)
-    except (GuestError, OSError) as e:
-        sys.exit(f"mkguest: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("mkguest: interrupted")
+    return util.run_main("mkguest", lambda: build(
+        args.kernel_version or default_kernel_version(), args.output_dir,
+        args.check), (GuestError, OSError), 1)

@@ -43,11 +43,11 @@ def find_tool(directory, name):
     return None
 
 
-def find_builds(directories, tools):
+def find_builds(directories, tools, error):
     """The builds a measurement compares: for [(build, directory)], the
-    map build -> {tool -> path or None}, and what is missing, said so that
-    an operator can act on it: a build's absent @tools, and mkchain and fio,
-    which every such run needs"""
+    map build -> {tool -> path}; exception @error names what is missing,
+    so that an operator can act on it: a build's absent @tools, and mkchain
+    and fio, which every such run needs"""
     builds = {}
     missing = []
     for build, directory in directories:
@@ -60,13 +60,16 @@ def find_builds(directories, tools):
         missing.append(script('mkchain'))
     if not shutil.which('fio'):
         missing.append('fio (apt-get install fio)')
-    return builds, missing
+    if missing:
+        raise error('missing: ' + '; '.join(missing))
+    return builds
 
 
 def stock_dir(error=None):
     """The directory of Debian's stock QEMU binaries, which stock-qemu
-    unpacks from Debian's packages (the baseline); if it failed (and
-    stock-qemu said why on stderr), None, or exception @error if given"""
+    unpacks from Debian's packages (the baseline: /usr/bin is sQemu's once
+    sQemu's packages are installed); if it failed (and stock-qemu said why
+    on stderr), None, or exception @error if given"""
     try:
         out = subprocess.run([script('stock-qemu'), '--quiet'],
                              stdout=subprocess.PIPE, text=True)

@@ -14,10 +14,9 @@ import hashlib
 import glob
 import os
 import subprocess
-import sys
 import tempfile
 
-from sqemu import paths
+from sqemu import paths, util
 
 TOP = paths.REPO_TOP
 SRC = paths.SRC
@@ -178,9 +177,4 @@ def main():
     sub.add_parser('reset', help='discard uncommitted and unexported work in '
                                  'build/src').set_defaults(fn=cmd_reset)
     args = parser.parse_args()
-    try:
-        args.fn(args)
-    except SeriesError as e:
-        print('series: error: %s' % e, file=sys.stderr)
-        return 1
-    return 0
+    return util.run_main('series', lambda: args.fn(args), SeriesError, None)

@@ -46,13 +46,7 @@ import traceback
 from sqemu import paths, qsd, util
 from sqemu.proc import Processes
 
-SCRIPT_DIR = paths.SCRIPTS
-REPO_TOP = paths.REPO_TOP
-MKCHAIN = os.path.join(SCRIPT_DIR, 'mkchain')
-DEFAULT_OURS = os.path.join(REPO_TOP, 'build', 'qemu')
-# Debian's stock QEMU, from its packages (scripts/sqemu/stock-qemu; /usr/bin
-# is sQemu's once it is installed)
-DEFAULT_STOCK = None
+MKCHAIN = paths.script('mkchain')
 TOOLS = ('qemu-img', 'qemu-io', 'qemu-storage-daemon')
 PHASES = ('mixed', 'kill')
 
@@ -61,7 +55,6 @@ IODEPTH = 32
 CHAIN_SEED = 1
 MIXED_SEED = 20261121
 KILL_SEED = 4242
-READ_CHUNK = 64 << 20
 # sqemu-stats' reason when no read went below the top
 NOTHING_BELOW = 'no read of the backing chain yet'
 # Opening a chain of 1000 layers takes about 12 s; stock reads of a long
@@ -129,18 +122,6 @@ class Daemon(qsd.Daemon):
 
 
 # fio.
-
-def fio_json(output):
-    """The job of fio's JSON output (the nbd engine prints lines of its
-    own before the JSON)."""
-    m = re.search(r'^\{', output, re.M)
-    try:
-        if not m:
-            raise ValueError('no JSON')
-        return json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
-    except (ValueError, KeyError, IndexError):
-        raise StressError('cannot parse fio output: ' + output[:300])
-
 
 def read_iolog(path):
     """fio's write_iolog as a list of (action, offset, length) of its reads
@@ -349,7 +330,7 @@ class Stress:
         name = 'mixed: fio verify, %s' % build
         if not daemon.alive():
             raise daemon.failed()
-        job = fio_json(out) if out.lstrip() else {}
+        job = util.fio_job(out, StressError) if out.lstrip() else {}
         if code != 0 or job.get('error'):
             bad = bad_blocks(err)
             self.check(name, False, 'fio %s, job error %s%s: %s' %
@@ -377,15 +358,12 @@ class Stress:
                                   ('stock', self.stock, self.stock_top)):
             progress('mixed: %s qemu-storage-daemon, fio randrw %s...' %
                      (build, human_size(self.args.io_size)))
-            daemon = Daemon(self.procs, tools['qemu-storage-daemon'], top,
-                            rundir)
-            try:
+            with Daemon(self.procs, tools['qemu-storage-daemon'], top,
+                        rundir) as daemon:
                 runs[build] = self.mixed_fio(build, daemon, rundir)
                 if build == 'ours':
                     self.check_daemon_counters(daemon.counters())
                 daemon.stop()
-            finally:
-                daemon.close()
         self.chains_equal = False
         if runs['ours'] is not None and runs['stock'] is not None:
             same = runs['ours'] == runs['stock']
@@ -480,18 +458,9 @@ class Stress:
         below the top must all go straight to the layer that holds the
         cluster.  With @top_may_hold_all, a top that holds every cluster
         (nothing read below, so the chain view is never built) passes."""
-        size = self.args.size
-        cmd = [self.ours['qemu-io'], '-r', '-f', 'qcow2', self.ours_top]
-        for off in range(0, size, READ_CHUNK):
-            cmd += ['-c', 'read -q %d %d' % (off, min(READ_CHUNK,
-                                                      size - off))]
-        cmd += ['-c', 'sqemu-stats']
-        code, out, _ = self.procs.run(cmd)
-        c = {}
-        for line in out.splitlines():
-            m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
-            if m:
-                c[m.group(1)] = m.group(2)
+        code, out, _ = self.procs.run(util.stats_command(
+            self.ours['qemu-io'], self.ours_top, self.args.size))
+        c = util.parse_stats(out)
         ok = (code == 0 and c.get('direct-access') == 'yes' and
               c.get('vanilla-fallbacks') == '0')
         nothing_below = (c.get('direct-access') == 'no' and
@@ -541,24 +510,18 @@ class Stress:
         progress('kill: ours qemu-storage-daemon (writethrough), fio '
                  'randwrite QD%d, SIGKILL after %g s...' %
                  (IODEPTH, args.kill_after))
-        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                        self.ours_top, rundir, writethrough=True)
-        try:
+        with Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                    self.ours_top, rundir, writethrough=True) as daemon:
             issued, acked = self.write_and_kill(daemon, rundir)
-        finally:
-            daemon.close()
         if issued is None:
             return
         self.check_image('kill: qemu-img check (ours)', leaks_ok=True)
         progress('kill: restarting ours\' daemon, fio verify_only over the '
                  '%d issued writes...' % len(issued))
-        daemon = Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                        self.ours_top, rundir, writethrough=True)
-        try:
+        with Daemon(self.procs, self.ours['qemu-storage-daemon'],
+                    self.ours_top, rundir, writethrough=True) as daemon:
             self.verify_acked(daemon, rundir, issued, acked)
             daemon.stop()
-        finally:
-            daemon.close()
         progress('kill: reading the disk with ours (qemu-img convert)...')
         after, t_ours = self.read_disk('ours', self.ours_top, 'after.raw',
                                        convert=True)
@@ -620,7 +583,7 @@ class Stress:
         finally:
             self.procs.forget(fio)
         with open(out_path) as f:
-            job = fio_json(f.read())
+            job = util.fio_job(f.read(), StressError)
         issued = [off for action, off, _ in read_iolog(iolog)
                   if action == 'write']
         acked = read_completions(os.path.join(rundir, 'ack_clat.*.log'))
@@ -683,7 +646,7 @@ class Stress:
             cwd=rundir, merge=False)
         if not daemon.alive():
             raise daemon.failed()
-        job = fio_json(out) if out.lstrip() else {}
+        job = util.fio_job(out, StressError) if out.lstrip() else {}
         verified = [off for action, off, _ in read_iolog(vlog)
                     if action == 'read']
         bad = bad_blocks(err)
@@ -767,10 +730,8 @@ class Stress:
 
 
 def check_requirements(args):
-    _, missing = paths.find_builds((('ours', args.ours),
-                                    ('stock', args.stock)), TOOLS)
-    if missing:
-        raise StressError('missing: ' + '; '.join(missing))
+    paths.find_builds((('ours', args.ours), ('stock', args.stock)), TOOLS,
+                      StressError)
     ours_io = paths.find_tool(args.ours, 'qemu-io')
     commands = subprocess.run([ours_io, '-c', 'help'], text=True,
                               stdout=subprocess.PIPE,
@@ -819,11 +780,11 @@ def parse_args():
                              '(default %(default)s)')
     parser.add_argument('--seed', type=int, default=CHAIN_SEED,
                         help='mkchain seed (default %(default)s)')
-    parser.add_argument('--ours', default=DEFAULT_OURS, metavar='DIR',
+    parser.add_argument('--ours', default=paths.BUILD, metavar='DIR',
                         help='directory of our build\'s binaries, also '
                              'searched in DIR/storage-daemon (default '
                              '%(default)s)')
-    parser.add_argument('--stock', default=DEFAULT_STOCK, metavar='DIR',
+    parser.add_argument('--stock', metavar='DIR',
                         help='directory of stock binaries (default: '
                              'Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
@@ -875,13 +836,11 @@ def main():
         stress = Stress(args, procs, workdir)
         stress.run()
         status = 0
-    except StressError as e:
+    except (StressError, OSError) as e:
         print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
     except KeyboardInterrupt:
         print('stress: interrupted', file=sys.stderr)
         status = 130
-    except OSError as e:
-        print('FAIL  %-36s error: %s' % ('stress', e), flush=True)
     except Exception:
         traceback.print_exc()
         print('FAIL  %-36s internal error (traceback above)' % 'stress',

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # Small pure helpers that several commands share: sizes on the command
-# line, percentiles of latencies.
+# line, fio's JSON output and sQemu's qemu-io counters, percentiles of
+# latencies, results as JSON files, the end of a command on an error.
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -43,6 +45,38 @@ def tail(text, lines=3):
     return ' | '.join(kept[-lines:])
 
 
+def fio_job(output, error, shown=300):
+    """The job of fio's JSON output (the nbd engine prints lines of its
+    own before the JSON); exception @error, with the first @shown
+    characters of the output, if there is none"""
+    m = re.search(r'^\{', output, re.M)
+    try:
+        if not m:
+            raise ValueError('no JSON')
+        return json.JSONDecoder().raw_decode(output, m.start())[0]['jobs'][0]
+    except (ValueError, KeyError, IndexError):
+        raise error('cannot parse fio output: ' + output[:shown])
+
+
+def stats_command(qemu_io, image, size, chunk=64 << 20):
+    """The command that reads the whole disk (@size bytes) of qcow2
+    @image through @qemu_io, then prints its sqemu-stats counters"""
+    cmd = [qemu_io, '-r', '-f', 'qcow2', image]
+    for off in range(0, size, chunk):
+        cmd += ['-c', 'read -q %d %d' % (off, min(chunk, size - off))]
+    return cmd + ['-c', 'sqemu-stats']
+
+
+def parse_stats(output):
+    """The counters in sqemu-stats' @output, {name: value as printed}"""
+    counters = {}
+    for line in output.splitlines():
+        m = re.fullmatch(r'([a-z-]+): (\S.*)', line.strip())
+        if m:
+            counters[m.group(1)] = m.group(2)
+    return counters
+
+
 def percentiles(values):
     """'n=.. median .. p99 .. max ..' of @values in seconds, shown in ms"""
     if not values:
@@ -51,6 +85,15 @@ def percentiles(values):
     return 'n=%d  median %.2f ms  p99 %.2f ms  max %.2f ms' % (
         len(v), v[len(v) // 2] * 1e3, v[int(len(v) * 0.99)] * 1e3,
         v[-1] * 1e3)
+
+
+def write_json(path, data):
+    """@data as indented JSON into file @path, its directory made first
+    if need be"""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2)
+        f.write('\n')
 
 
 def make_workdir(path, prefix, error):
@@ -63,6 +106,23 @@ def make_workdir(path, prefix, error):
     except FileExistsError:
         raise error('--workdir %s already exists' % os.path.abspath(path))
     return os.path.abspath(path)
+
+
+def run_main(prog, work, errors, interrupt_rc=130):
+    """Command @prog's exit status: @work()'s (None: 0), or 1 after
+    "@prog: error: MESSAGE" on stderr for an exception of @errors, or
+    @interrupt_rc after "@prog: interrupted" on Ctrl-C (if None, Ctrl-C
+    is not caught)"""
+    try:
+        return work() or 0
+    except errors as e:
+        print('%s: error: %s' % (prog, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if interrupt_rc is None:
+            raise
+        print('%s: interrupted' % prog, file=sys.stderr)
+        return interrupt_rc
 
 
 def _exit(signum, _frame):

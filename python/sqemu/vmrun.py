@@ -739,9 +739,4 @@ def main():
     args = parse_args()
     # QEMU gets killed on the way out
     util.exit_on(signal.SIGTERM)
-    try:
-        run(args)
-    except (RunError, OSError) as e:
-        sys.exit(f"vmrun: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("vmrun: interrupted")
+    return util.run_main("vmrun", lambda: run(args), (RunError, OSError), 1)

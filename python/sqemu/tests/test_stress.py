@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.stress: parsing fio's output and logs, comparing images, and the
-# texts of its verdicts.
+# sqemu.stress: parsing fio's logs, comparing images, and the texts of its
+# verdicts.
 
 import pytest
 
@@ -14,14 +14,6 @@ def test_human_size():
     assert stress.human_size(1536 << 20) == '1.5 GiB'
     assert stress.human_size(4096) == '4 KiB'
     assert stress.human_size(1000) == '1000 bytes'
-
-
-def test_fio_json():
-    out = 'nbd: connected\nnote: x\n{"jobs": [{"jobname": "j"}]}\ntrailer'
-    assert stress.fio_json(out) == {'jobname': 'j'}
-    for bad in ('no json here', '{"jobs": []}', '{broken'):
-        with pytest.raises(stress.StressError):
-            stress.fio_json(bad)
 
 
 def test_read_iolog(tmp_path):

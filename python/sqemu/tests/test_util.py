@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# sqemu.util and sqemu.paths: sizes, percentiles, finding tools.
+# sqemu.util and sqemu.paths: sizes, fio's JSON, sqemu-stats,
+# percentiles, JSON files, a command's end, finding tools.
 
 import argparse
 import os
@@ -24,12 +25,60 @@ def test_parse_size_refuses(text):
     assert repr(text) in str(e.value) and '256M, 1G' in str(e.value)
 
 
+def test_fio_job():
+    out = 'nbd: connected\nnote: x\n{"jobs": [{"jobname": "j"}]}\ntrailer'
+    assert util.fio_job(out, ValueError) == {'jobname': 'j'}
+    for bad in ('no json here', '{"jobs": []}', '{broken'):
+        with pytest.raises(OSError) as e:
+            util.fio_job(bad, OSError, 4)
+        assert str(e.value) == 'cannot parse fio output: ' + bad[:4]
+
+
+def test_stats():
+    assert util.stats_command('qemu-io', 'top.qcow2', 100 << 20) == [
+        'qemu-io', '-r', '-f', 'qcow2', 'top.qcow2',
+        '-c', 'read -q 0 67108864', '-c', 'read -q 67108864 37748736',
+        '-c', 'sqemu-stats']
+    out = ('qemu-io> direct-access: yes\n  direct-reads: 12\n'
+           'reason: no read of the backing chain yet\nNot: a counter\n')
+    assert util.parse_stats(out) == {
+        'direct-reads': '12', 'reason': 'no read of the backing chain yet'}
+
+
+def test_write_json(tmp_path):
+    path = tmp_path / 'new' / 'dir' / 'r.json'
+    util.write_json(str(path), {'a': [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+
+
 def test_percentiles():
     assert util.percentiles([]) == 'no requests'
     values = [i / 1000 for i in range(1, 101)]      # 1..100 ms, shuffled
     values = values[50:] + values[:50]
     assert util.percentiles(values) == \
         'n=100  median 51.00 ms  p99 100.00 ms  max 100.00 ms'
+
+
+def test_run_main(capsys):
+    def fail(exc):
+        raise exc
+
+    assert util.run_main('cmd', lambda: None, ValueError) == 0
+    assert util.run_main('cmd', lambda: 3, ValueError) == 3
+    assert util.run_main('cmd', lambda: fail(ValueError('bad')),
+                         (ValueError, OSError)) == 1
+    assert capsys.readouterr().err == 'cmd: error: bad\n'
+    assert util.run_main('cmd', lambda: fail(KeyboardInterrupt()),
+                         ValueError) == 130
+    assert util.run_main('cmd', lambda: fail(KeyboardInterrupt()),
+                         ValueError, 1) == 1
+    assert capsys.readouterr().err == 'cmd: interrupted\n' * 2
+    with pytest.raises(OSError):
+        util.run_main('cmd', lambda: fail(OSError()), ValueError)
+    with pytest.raises(KeyboardInterrupt):
+        util.run_main('cmd', lambda: fail(KeyboardInterrupt()), ValueError,
+                      None)
+    assert capsys.readouterr().err == ''
 
 
 def test_find_tool(tmp_path):
@@ -60,16 +109,20 @@ def test_find_builds(tmp_path, monkeypatch):
         (ours / tool).write_text('')
         (ours / tool).chmod(0o755)
     monkeypatch.setattr(paths.shutil, 'which', lambda name: '/bin/' + name)
-    builds, missing = paths.find_builds(
-        [('ours', str(ours)), ('stock', str(tmp_path / 'none'))],
-        ('qemu-img', 'qemu-io'))
+    builds = paths.find_builds([('ours', str(ours))],
+                               ('qemu-img', 'qemu-io'), ValueError)
     assert builds['ours'] == {'qemu-img': str(ours / 'qemu-img'),
                               'qemu-io': str(ours / 'qemu-io')}
-    assert builds['stock'] == {'qemu-img': None, 'qemu-io': None}
-    assert missing == ['stock qemu-img, qemu-io (looked in %s and its '
-                       'storage-daemon/)' % (tmp_path / 'none')]
+    with pytest.raises(ValueError) as e:
+        paths.find_builds(
+            [('ours', str(ours)), ('stock', str(tmp_path / 'none'))],
+            ('qemu-img', 'qemu-io'), ValueError)
+    assert str(e.value) == ('missing: stock qemu-img, qemu-io (looked in %s '
+                            'and its storage-daemon/)' % (tmp_path / 'none'))
     monkeypatch.setattr(paths.shutil, 'which', lambda name: None)
-    assert paths.find_builds([], ())[1] == ['fio (apt-get install fio)']
+    with pytest.raises(ValueError) as e:
+        paths.find_builds([], (), ValueError)
+    assert str(e.value) == 'missing: fio (apt-get install fio)'
 
 
 def test_tail():
