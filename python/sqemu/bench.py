@@ -17,6 +17,14 @@
 #     disk growth.
 # It prints one table, and writes the raw numbers as JSON and a plot as PNG.
 # Everything it creates (chains, sockets, daemons) is gone when it exits.
+#
+# With --nfs-nodes K the chains live on K NFS storage nodes (nfs_nodes,
+# optionally behind a proxy adding --nfs-latency): each chain is made and
+# indexed locally, then its layers are moved onto the nodes in contiguous
+# ranges (nfs_chain) and every build opens its top by nfs:// URL.  A
+# measurement that fails there (stock QEMU cannot open a chain of 1000
+# layers over NFS: one connection per layer) is reported as failed, and the
+# run goes on.  Bytes read are not measured over NFS (no block device).
 
 import argparse
 import importlib.util
@@ -29,7 +37,8 @@ import sys
 import tempfile
 import time
 
-from sqemu import paths, util
+from sqemu import nfs_chain, nfs_nodes, paths, util
+from sqemu.chain import layer_name
 from sqemu.proc import Process
 from sqemu.qsd import Daemon
 
@@ -97,10 +106,12 @@ def describe_exit(name, code, output):
                                  ': ' + last if last else '')
 
 
-def execute(cmd):
+def execute(cmd, env=None):
     """Run @cmd, its stdout and stderr merged; return its output, wall
     time in seconds, peak RSS in KiB and bytes read from storage.  Raise
     BenchError if it fails."""
+    if env:
+        cmd = ['env'] + ['%s=%s' % kv for kv in env.items()] + list(cmd)
     with Process(cmd) as proc:
         code = proc.wait()
         elapsed = time.monotonic() - proc.started
@@ -133,13 +144,15 @@ def describe_build(tools):
 
 # Measurements.
 
-def build_chain(args, info, layers, chaindir):
+def build_chain(args, info, layers, chaindir, nodes=None):
     tools = info['binaries']
     cmd = [MKCHAIN, chaindir, '-n', str(layers), '-s', str(args.size),
            '-c', str(args.cluster_size), '-f', '1.0', '-d', 'uniform',
            '--seed', str(SEED), '--qemu-img', tools['qemu-img'],
            '--qemu-io', tools['qemu-io']]
     options = args.chain_options
+    if nodes:
+        return build_nfs_chain(args, info, layers, chaindir, nodes, cmd)
     if info['sqemu_extension']:
         # Made as a VM makes it: live snapshots, each indexed by L2 copy.
         # Stock QEMU reads the same chain; it ignores the index.
@@ -151,6 +164,26 @@ def build_chain(args, info, layers, chaindir):
     output = execute(cmd)[0]
     sync_files(chaindir)
     return os.path.abspath(output.strip().splitlines()[-1])
+
+
+def build_nfs_chain(args, info, layers, chaindir, nodes, cmd):
+    """The chain made with relative names (mkchain without --live),
+    indexed by ours' amend if ours has the index, then placed on @nodes;
+    its top's URL"""
+    if args.chain_options:
+        cmd += ['-o', args.chain_options]
+    top = os.path.abspath(execute(cmd)[0].strip().splitlines()[-1])
+    if info['sqemu_extension']:
+        execute([info['binaries']['qemu-img'], 'amend', '-o',
+                 'backing-index=on', top])
+    names = [layer_name(d, layers) for d in range(1, layers + 1)]
+    url, ranges = nfs_chain.place(chaindir, names, nodes, 'c%d' % layers,
+                                  args.nfs_names)
+    for node, first, last in ranges:
+        sync_files(nodes[node].directory)
+        progress('N=%d: layers %d-%d on node %d (%s)' % (
+            layers, first, last, node, nodes[node].address))
+    return url
 
 
 def sync_files(directory):
@@ -174,13 +207,16 @@ def seq_bench(tools, top, count):
 
 def seq_read(tools, top, size):
     output, _, maxrss, read_bytes = seq_bench(tools, top, size // SEQ_BLOCK)
+    if top.startswith('nfs://'):
+        read_bytes = None
     m = re.search(r'Run completed in ([0-9.]+) seconds', output)
     if not m:
         raise BenchError('qemu-img bench printed no completion time')
     seconds = float(m.group(1))
     # With O_DIRECT every byte read counts: data, and metadata of the read
     # path and of opening the chain, which a read of one block measures
-    open_bytes = seq_bench(tools, top, 1)[3] - SEQ_BLOCK
+    open_bytes = (seq_bench(tools, top, 1)[3] - SEQ_BLOCK
+                  if read_bytes is not None else None)
     return {'seq_time_s': seconds, 'seq_mbps': size / seconds / 1e6,
             'seq_rss_kib': maxrss, 'seq_data_bytes': size,
             'seq_read_bytes': read_bytes, 'seq_open_bytes': open_bytes}
@@ -212,16 +248,37 @@ def run_fio(sock, runtime):
     return job['read']['iops']
 
 
+def protocol_node(top):
+    """The protocol node of @top: a local file, or an nfs:// URL"""
+    m = re.fullmatch(r'nfs://([^/]+)(/.*)', top)
+    if m:
+        return {'driver': 'nfs', 'path': m.group(2),
+                'server': {'type': 'inet', 'host': m.group(1)},
+                'cache': {'direct': True}}
+    return {'driver': 'file', 'filename': top, 'cache': {'direct': True}}
+
+
+def module_env(tools):
+    """What a build's qemu-storage-daemon needs to find the block driver
+    modules (nfs): ours' build keeps them next to qemu-img, not next to the
+    daemon; Debian's relocatable binaries find theirs"""
+    if tools.get('module_dir'):
+        return {'QEMU_MODULE_DIR': tools['module_dir']}
+    return None
+
+
 def rand_read(tools, top, runtime, workdir):
     rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
+    env = module_env(tools)
     try:
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
-                    'read-only': True,
-                    'file': {'driver': 'file', 'filename': top,
-                             'cache': {'direct': True}}}
+                    'read-only': True, 'file': protocol_node(top)}
         # proc.Process: the daemon's own peak RSS
         with Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
-                    BenchError, launch=Process) as daemon:
+                    BenchError,
+                    launch=lambda cmd, log: Process(
+                        (['env'] + ['%s=%s' % kv for kv in env.items()]
+                         if env else []) + cmd, log)) as daemon:
             iops = run_fio(daemon.nbd, runtime)
             daemon.stop(DAEMON_STOP_TIMEOUT)
             rss = daemon.proc.maxrss
@@ -260,14 +317,19 @@ def seq_reads(args, builds, tops):
         for layers, top in tops.items():
             for build in BUILDS:
                 done = runs[(layers, build)]
-                if any(r['seq_time_s'] > SLOW_SEQ_S for r in done):
+                if any(r.get('error') or r['seq_time_s'] > SLOW_SEQ_S
+                       for r in done):
                     continue
                 progress('N=%d %s: seq read %d/%d...' %
                          (layers, build, i + 1, args.repeat))
-                done.append(seq_read(builds[build]['binaries'], top,
+                done.append(tolerant(args, 'seq read', seq_read,
+                                     builds[build]['binaries'], top,
                                      args.size))
     result = {layers: {} for layers in tops}
     for (layers, build), results in runs.items():
+        if results[0].get('error'):
+            result[layers][build] = {'error': results[0]['error']}
+            continue
         times = [r['seq_time_s'] for r in results]
         results.sort(key=lambda r: r['seq_time_s'])
         result[layers][build] = dict(results[len(results) // 2],
@@ -275,26 +337,54 @@ def seq_reads(args, builds, tops):
     return result
 
 
+def tolerant(args, what, func, *func_args):
+    """@func(*@func_args); over NFS, a failure is a result: {'error': ...}
+    (stock QEMU cannot open the deepest chains there)"""
+    try:
+        return func(*func_args)
+    except BenchError as e:
+        if not args.nfs_nodes:
+            raise
+        progress('%s failed: %s' % (what, e))
+        return {'error': '%s: %s' % (what, e)}
+
+
 def measure(args, build, info, layers, top, workdir, seq):
     tools = info['binaries']
     label = 'N=%d %s' % (layers, build)
     row = {'layers': layers, 'build': build, 'loadavg': os.getloadavg()[0]}
-    row.update(seq)
+    errors = []
+
+    def step(what, func, *func_args):
+        result = tolerant(args, what, func, *func_args)
+        if 'error' in result:
+            errors.append(result['error'])
+        else:
+            row.update(result)
+        return 'error' not in result
+
+    if 'error' in seq:
+        errors.append(seq['error'])
+    else:
+        row.update(seq)
     progress('%s: rand read (fio %d s)...' % (label, args.runtime))
-    row.update(rand_read(tools, top, args.runtime, workdir))
+    step('rand read', rand_read, tools, top, args.runtime, workdir)
     progress('%s: chain open...' % label)
-    row.update(open_time(tools, top))
-    if info['sqemu_extension']:
+    step('chain open', open_time, tools, top)
+    if info['sqemu_extension'] and not errors:
         progress('%s: counters...' % label)
-        row['counters'] = read_counters(tools, top, args.size)
+        step('counters', lambda: {'counters': read_counters(tools, top,
+                                                            args.size)})
     progress('%s: snapshot...' % label)
     options = args.chain_options if info['sqemu_extension'] else ''
-    row.update(snapshot(tools, top, os.path.join(workdir, 'snap.qcow2'),
-                        options))
+    step('snapshot', snapshot, tools, top,
+         os.path.join(workdir, 'snap.qcow2'), options)
+    if errors:
+        row['errors'] = errors
     return row
 
 
-def run_lengths(args, builds, workdir):
+def run_lengths(args, builds, workdir, nodes=None):
     """Build every chain first and read them all sequentially, lengths and
     builds interleaved, so that a change of this machine's speed during
     the run (seen here: the same read 1.3 s one minute, 1.9 s some minutes
@@ -303,7 +393,8 @@ def run_lengths(args, builds, workdir):
     for layers in args.lengths:
         progress('N=%d: building chain...' % layers)
         tops[layers] = build_chain(args, builds['ours'], layers,
-                                   os.path.join(workdir, 'chain-%d' % layers))
+                                   os.path.join(workdir, 'chain-%d' % layers),
+                                   nodes)
     seq = seq_reads(args, builds, tops)
     rows = []
     for layers in args.lengths:
@@ -312,6 +403,10 @@ def run_lengths(args, builds, workdir):
                                 tops[layers], workdir, seq[layers][build]))
         if not args.keep:
             shutil.rmtree(os.path.join(workdir, 'chain-%d' % layers))
+            if nodes:
+                nfs_chain.remove([layer_name(d, layers)
+                                  for d in range(1, layers + 1)],
+                                 nodes, 'c%d' % layers)
     return rows
 
 
@@ -321,19 +416,24 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def diff(a, b):
+    return a - b if a is not None and b is not None else None
+
+
 def add_ratios(rows):
     by_key = {(r['layers'], r['build']): r for r in rows}
     for row in rows:
         base = by_key.get((1, row['build']), {})
         stock = by_key[(row['layers'], 'stock')]
-        ratios = {'seq_mbps_vs_n1': ratio(row['seq_mbps'],
+        ratios = {'seq_mbps_vs_n1': ratio(row.get('seq_mbps'),
                                           base.get('seq_mbps')),
-                  'iops_vs_n1': ratio(row['rand_iops'],
+                  'iops_vs_n1': ratio(row.get('rand_iops'),
                                       base.get('rand_iops'))}
         if row['build'] == 'ours':
             for key in ('seq_mbps', 'rand_iops', 'seq_rss_kib',
                         'qsd_rss_kib'):
-                ratios[key + '_vs_stock'] = ratio(row[key], stock[key])
+                ratios[key + '_vs_stock'] = ratio(row.get(key),
+                                                  stock.get(key))
         row['ratios'] = ratios
 
 
@@ -382,7 +482,10 @@ def group_header():
 def format_row(row):
     cells = []
     for _, _, width, value, fmt in COLUMNS:
-        v = value(row)
+        try:
+            v = value(row)
+        except (KeyError, TypeError):
+            v = None    # not measured (failed over NFS)
         cells.append((fmt % v if v is not None else '').rjust(width))
     return GAP.join(cells)
 
@@ -433,19 +536,22 @@ def format_targets(rows):
     if not (o_lo and o_hi and s_lo and s_hi) or lo == hi:
         return lines[0] + ' need two lengths'
     lines.append(check('seq MB/s, ours N=%d / ours N=%d' % (hi, lo),
-                       ratio(o_hi['seq_mbps'], o_lo['seq_mbps']), '>=', 0.90))
+                       ratio(o_hi.get('seq_mbps'), o_lo.get('seq_mbps')),
+                       '>=', 0.90))
     lines.append(check('seq MB/s, ours N=%d / stock N=%d' % (lo, lo),
-                       ratio(o_lo['seq_mbps'], s_lo['seq_mbps']), '>=', 0.95))
+                       ratio(o_lo.get('seq_mbps'), s_lo.get('seq_mbps')),
+                       '>=', 0.95))
     lines.append(check('rand IOPS, ours N=%d / ours N=%d' % (hi, lo),
-                       ratio(o_hi['rand_iops'], o_lo['rand_iops']), '>=',
-                       0.85))
+                       ratio(o_hi.get('rand_iops'), o_lo.get('rand_iops')),
+                       '>=', 0.85))
     for key, what in (('seq_rss_kib', 'qemu-img bench'),
                       ('qsd_rss_kib', 'qemu-storage-daemon')):
-        grow_o = o_hi[key] - o_lo[key]
-        grow_s = s_hi[key] - s_lo[key]
+        grow_o = diff(o_hi.get(key), o_lo.get(key))
+        grow_s = diff(s_hi.get(key), s_lo.get(key))
         lines.append(check('peak RSS growth, %s, ours / stock' % what,
-                           ratio(max(grow_o, 0), grow_s), '<=', 1 / 20))
-    if 'seq_read_bytes' in o_hi:
+                           ratio(max(grow_o, 0) if grow_o is not None
+                                 else None, grow_s), '<=', 1 / 20))
+    if o_hi.get('seq_read_bytes') is not None:
         size = o_hi['seq_data_bytes']
         path = o_hi['seq_read_bytes'] - o_hi['seq_open_bytes'] - size
         lines.append(check('bytes a full read reads, ours N=%d / data' % hi,
@@ -454,10 +560,17 @@ def format_targets(rows):
                      ('and opening the chain at N=%d reads' % hi,
                       o_hi['seq_open_bytes'] / 2**20,
                       o_hi['seq_open_bytes'] / 1024 / hi))
-    lines.append('  %-58s %6.0f ms ours, %.0f ms stock' %
-                 ('chain open at N=%d' % hi, o_hi['open_time_s'] * 1000,
-                  s_hi['open_time_s'] * 1000))
+    lines.append('  %-58s %8s ms ours, %s ms stock' % (
+        'chain open at N=%d' % hi, format_ms(o_hi.get('open_time_s')),
+        format_ms(s_hi.get('open_time_s'))))
+    for r in rows:
+        for error in r.get('errors', ()):
+            lines.append('  N=%d %s: %s' % (r['layers'], r['build'], error))
     return '\n'.join(lines)
+
+
+def format_ms(seconds):
+    return '%.0f' % (seconds * 1000) if seconds is not None else 'failed'
 
 
 def args_lengths(rows):
@@ -480,7 +593,9 @@ def parameters(args):
             'rand_block': RAND_BLOCK, 'rand_iodepth': RAND_IODEPTH,
             'seq_repeat': args.repeat,
             'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
-            'chain_options': args.chain_options, 'quick': args.quick}
+            'chain_options': args.chain_options, 'quick': args.quick,
+            'nfs_nodes': args.nfs_nodes, 'nfs_latency': args.nfs_latency,
+            'nfs_bandwidth': args.nfs_bandwidth, 'nfs_names': args.nfs_names}
 
 
 # (title, ((row key, line style, scale, label suffix), ...))
@@ -507,8 +622,10 @@ def write_plot(path, report):
     fig, axes = pyplot.subplots(2, 2, figsize=(12, 8))
     for ax, (title, series) in zip(axes.flat, PANELS):
         for build in BUILDS:
-            mine = [r for r in rows if r['build'] == build]
             for key, style, scale, suffix in series:
+                # what failed (over NFS) is left out
+                mine = [r for r in rows
+                        if r['build'] == build and r.get(key) is not None]
                 ax.plot([r['layers'] for r in mine],
                         [r[key] * scale for r in mine], style, marker='o',
                         color=COLOURS[build], label=build + suffix)
@@ -524,14 +641,23 @@ def write_plot(path, report):
     params = report['parameters']
     ours = report['builds']['ours']
     fig.suptitle('sQemu bench: disk %d MiB, cluster %d KiB, %d CPUs, '
-                 'ours %s sQemu extension' %
+                 'ours %s sQemu extension%s' %
                  (params['size'] >> 20, params['cluster_size'] >> 10,
                   report['machine']['nproc'],
-                  'with' if ours['sqemu_extension'] else 'without'))
+                  'with' if ours['sqemu_extension'] else 'without',
+                  nfs_title(params)))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     pyplot.close(fig)
+
+
+def nfs_title(params):
+    if not params.get('nfs_nodes'):
+        return ''
+    return '; on %d NFS nodes, %s added round trip' % (
+        params['nfs_nodes'], '%g ms' % params['nfs_latency']
+        if params.get('nfs_latency') is not None else 'no')
 
 
 # Driver.
@@ -585,6 +711,26 @@ def parse_args():
                              'end unless --keep')
     parser.add_argument('--keep', action='store_true',
                         help='keep the workdir and its chains')
+    parser.add_argument('--nfs-nodes', type=int, default=0, metavar='K',
+                        help='put the chains on K NFS storage nodes '
+                             '(scripts/sqemu/nfs-nodes; needs root and '
+                             'network namespaces), layers in contiguous '
+                             'ranges, and open them by nfs:// URL '
+                             '(default 0: local files)')
+    parser.add_argument('--nfs-latency', type=nfs_nodes.parse_latency,
+                        metavar='MS',
+                        help='with --nfs-nodes: round-trip time a proxy '
+                             'adds to every node (default none)')
+    parser.add_argument('--nfs-bandwidth', type=nfs_nodes.parse_rate,
+                        metavar='RATE',
+                        help='with --nfs-nodes: the proxy\'s cap per '
+                             'direction, in bit/s with k, M or G (default '
+                             'none)')
+    parser.add_argument('--nfs-names', choices=nfs_chain.NAMES,
+                        default='absolute',
+                        help='with --nfs-nodes: backing file names within '
+                             'a node (default absolute: stock QEMU 7.2 '
+                             'resolves relative ones under nfs:// wrongly)')
     parser.add_argument('--json', default='bench-results/bench.json',
                         metavar='FILE',
                         help='raw results (default %(default)s)')
@@ -608,7 +754,28 @@ def parse_args():
         parser.error('--runtime must be at least 1')
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
+    if args.nfs_nodes < 0:
+        parser.error('--nfs-nodes must be at least 0')
+    if not args.nfs_nodes and (args.nfs_latency is not None or
+                               args.nfs_bandwidth is not None):
+        parser.error('--nfs-latency and --nfs-bandwidth need --nfs-nodes')
     return args
+
+
+def start_nodes(args, builds, workdir):
+    """The NFS storage nodes of --nfs-nodes, started"""
+    directory = os.path.join(workdir, 'nfs')
+    os.makedirs(directory)
+    nodes = nfs_nodes.Nodes(args.nfs_nodes, directory, args.nfs_latency,
+                            args.nfs_bandwidth, log=progress)
+    try:
+        nodes.start()
+    except nfs_nodes.NodesError as e:
+        nodes.stop()
+        raise BenchError('NFS storage nodes: %s' % e)
+    ours = builds['ours']['binaries']
+    ours['module_dir'] = os.path.dirname(os.path.realpath(ours['qemu-img']))
+    return nodes
 
 
 def bench(args):
@@ -620,9 +787,15 @@ def bench(args):
     report = {'machine': describe_machine(), 'builds': builds,
               'parameters': parameters(args)}
     workdir = util.make_workdir(args.workdir, 'sqemu-bench-', BenchError)
+    nodes = None
     try:
-        rows = run_lengths(args, builds, workdir)
+        if args.nfs_nodes:
+            nodes = start_nodes(args, builds, workdir)
+            report['nfs'] = [n.describe() for n in nodes]
+        rows = run_lengths(args, builds, workdir, nodes)
     finally:
+        if nodes:
+            nodes.stop()
         if args.keep:
             progress('kept %s' % workdir)
         else:
@@ -636,6 +809,15 @@ def bench(args):
           'kernel %s' % (args.size >> 20, args.cluster_size >> 10,
                          RAND_BLOCK, RAND_IODEPTH, args.runtime, m['nproc'],
                          m['kernel']))
+    if args.nfs_nodes:
+        print('chains on %d NFS storage nodes (nfs-ganesha, TCP over veth), '
+              'added round trip %s, bandwidth cap %s, %s backing names' % (
+                  args.nfs_nodes,
+                  '%g ms' % args.nfs_latency
+                  if args.nfs_latency is not None else 'none',
+                  '%d bytes/s' % args.nfs_bandwidth
+                  if args.nfs_bandwidth is not None else 'none',
+                  args.nfs_names))
     for build in BUILDS:
         print('%-5s: %s' % (build, builds[build]['version']))
     if not builds['ours']['sqemu_extension']:

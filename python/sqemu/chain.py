@@ -21,6 +21,10 @@
 # With --base IMAGE (and --live), layer 1 is a qcow2 copy of IMAGE (a guest's
 # root disk, say) and the layers above it are snapshots that hold no data:
 # every read goes down to the base, the deepest walk a stock chain makes.
+#
+# With --nfs (under scripts/sqemu/nfs-nodes run), the layers made in OUTDIR
+# are then moved onto the NFS storage nodes that run names, in contiguous
+# ranges (nfs_chain); OUTDIR keeps the manifest, whose top is an nfs:// URL.
 
 import argparse
 import json
@@ -34,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 
-from sqemu import util
+from sqemu import nfs_chain, util
 from sqemu.qsd import Daemon
 
 LANES = 8
@@ -282,6 +286,10 @@ def cmd_create(args):
         raise ChainError('--layers must be at least 1')
     if os.path.exists(args.outdir) and os.listdir(args.outdir):
         raise ChainError('%s exists and is not empty' % args.outdir)
+    nodes = env_nodes() if args.nfs else None
+    if nodes and args.live:
+        raise ChainError('--nfs needs layers made without --live (their '
+                         'backing file names are relative)')
     if args.base:
         if not args.live:
             raise ChainError('--base needs --live')
@@ -308,15 +316,54 @@ def cmd_create(args):
         if not args.live:
             write_layers(args, os.path.abspath(args.outdir), where)
         params['top'] = layer_name(args.layers, args.layers)
+        if nodes:
+            names = [layer_name(d, args.layers)
+                     for d in range(1, args.layers + 1)]
+            params['top'], ranges = nfs_chain.place(
+                args.outdir, names, nodes,
+                os.path.basename(os.path.abspath(args.outdir)),
+                args.nfs_names)
+            params['nodes'] = [{'url': nodes[n].url(), 'first': first,
+                                'last': last} for n, first, last in ranges]
         util.write_json(os.path.join(args.outdir, MANIFEST), params)
     except BaseException:
+        if nodes:
+            nfs_chain.remove([layer_name(d, args.layers)
+                              for d in range(1, args.layers + 1)], nodes,
+                             os.path.basename(os.path.abspath(args.outdir)))
         if created_dir:
             shutil.rmtree(args.outdir, ignore_errors=True)
         else:
             for name in os.listdir(args.outdir):
                 os.unlink(os.path.join(args.outdir, name))
         raise
-    print(os.path.join(args.outdir, params['top']))
+    print(top_path(args.outdir, params['top']))
+
+
+class EnvNode:
+    """A storage node as scripts/sqemu/nfs-nodes run names it"""
+
+    def __init__(self, directory, url_prefix):
+        self.directory = directory
+        self.prefix = url_prefix
+
+    def url(self, relative=''):
+        return self.prefix + relative
+
+
+def env_nodes():
+    dirs = os.environ.get('SQEMU_NFS_DIRS', '').split()
+    urls = os.environ.get('SQEMU_NFS_URLS', '').split()
+    if not dirs or len(dirs) != len(urls):
+        raise ChainError('--nfs: no storage nodes (SQEMU_NFS_DIRS and '
+                         'SQEMU_NFS_URLS); run under scripts/sqemu/nfs-nodes '
+                         'run -- mkchain ...')
+    return [EnvNode(d, u) for d, u in zip(dirs, urls)]
+
+
+def top_path(outdir, top):
+    """The top's path, or its URL once placed on storage nodes"""
+    return top if '://' in top else os.path.join(outdir, top)
 
 
 def first_mismatch(args, image, params, where):
@@ -374,7 +421,7 @@ def cmd_verify(args):
         raise ChainError('cannot read %s: %s' % (path, e.strerror))
     except ValueError as e:
         raise ChainError('%s is not a chain manifest: %s' % (path, e))
-    image = args.image or os.path.join(args.outdir, params['top'])
+    image = args.image or top_path(args.outdir, params['top'])
     if 'base' in params:
         raise ChainError('%s was made from %s (--base): its content is that '
                          'image\'s, which mkchain cannot verify' %
@@ -445,6 +492,18 @@ def main():
                         help='with --live: layer 1 is a qcow2 copy of IMAGE '
                              '(its virtual size is the disk size) and the '
                              'layers above hold no data')
+    parser.add_argument('--nfs', action='store_true',
+                        help='move the layers onto the NFS storage nodes '
+                             'that scripts/sqemu/nfs-nodes run names '
+                             '(SQEMU_NFS_DIRS, SQEMU_NFS_URLS), in '
+                             'contiguous ranges, the base\'s on the first '
+                             'node; the manifest and the printed top are '
+                             'then an nfs:// URL')
+    parser.add_argument('--nfs-names', choices=nfs_chain.NAMES,
+                        default='relative',
+                        help='with --nfs: backing file names within a node '
+                             '(default relative; across nodes they are '
+                             'nfs:// URLs; stock QEMU 7.2 needs absolute)')
     parser.add_argument('--verify', action='store_true',
                         help='read every cluster of the chain in OUTDIR '
                              'through --qemu-io and report the first '
