@@ -456,6 +456,7 @@ int qcow2_bir_build(BlockDriverState *bs, Error **errp)
     uint64_t *own = NULL, *out = NULL, *scratch = NULL;
     bool reuse, covered;
     int64_t l1_offset;
+    uint64_t l1_bytes;
     int ret;
 
     ret = qcow2_bir_drop(bs, errp);
@@ -573,11 +574,17 @@ int qcow2_bir_build(BlockDriverState *bs, Error **errp)
                          bs->filename);
         goto out;
     }
-    rl1_be = g_new(uint64_t, n_l1);
+    /*
+     * Whole clusters, as every other table: a file that ends in a cluster
+     * written only in part looks metadata-preallocated to the block
+     * status heuristics (more clusters referenced than the file holds)
+     */
+    l1_bytes = ROUND_UP(n_l1 * L1E_SIZE, s->cluster_size);
+    rl1_be = g_malloc0(l1_bytes);
     for (t = 0; t < n_l1; t++) {
         rl1_be[t] = cpu_to_be64(rl1[t]);
     }
-    l1_offset = bir_write_new(bs, rl1_be, n_l1 * L1E_SIZE, errp);
+    l1_offset = bir_write_new(bs, rl1_be, l1_bytes, errp);
     if (l1_offset < 0) {
         ret = l1_offset;
         goto out;

@@ -329,7 +329,11 @@ static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
         /* The top's own resolved entries first: one read of its file */
         ret = qcow2_bir_co_read(bs, slice->first, n, da->resolved_e);
         if (ret < 0) {
-            return ret;
+            /* Only a shortcut: correct from the layers, as without them */
+            trace_qcow2_da_view(bs, da->depth, "resolved L2 tables "
+                                "unreadable: not used");
+            da->resolved = false;
+            ret = 0;
         }
         for (i = 0; ret > 0 && i < n; i++) {
             uint64_t e = da->resolved_e[i];
