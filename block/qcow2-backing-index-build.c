@@ -725,10 +725,8 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
     }
 
     /* The refcounts of the new tables before the L1 table that uses them */
-    ret = qcow2_cache_flush(bs, s->refcount_block_cache);
+    ret = qcow2_bi_flush_refcounts(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write refcounts of '%s'",
-                         bs->filename);
         goto out;
     }
     l1_be = g_new(uint64_t, s->l1_size);

@@ -37,20 +37,48 @@ void qcow2_bi_changed(BlockDriverState *bs)
     qcow2_bi_rebuild_kick();
 }
 
+/*
+ * The @len bytes of the header extension at @offset of @bs (g_free them),
+ * or NULL with @errp set, naming the extension as @what
+ */
+uint8_t *qcow2_bi_read_ext(BlockDriverState *bs, uint64_t offset,
+                           uint32_t len, const char *what, Error **errp)
+{
+    g_autofree uint8_t *buf = g_malloc0(MAX(len, 1));
+    int ret = bdrv_pread(bs->file, offset, len, buf, 0);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read the %s header "
+                         "extension", what);
+        return NULL;
+    }
+    return g_steal_pointer(&buf);
+}
+
+/* Write back @bs's refcount blocks, before a table that they count is used */
+int qcow2_bi_flush_refcounts(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = qcow2_cache_flush(bs, s->refcount_block_cache);
+
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write refcounts of '%s'",
+                         bs->filename);
+    }
+    return ret;
+}
+
 /* Read the extension at @offset (@len bytes) of @bs's header */
 int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
                       Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    g_autofree uint8_t *buf = g_malloc0(MAX(len, 1));
+    g_autofree uint8_t *buf = qcow2_bi_read_ext(bs, offset, len,
+                                                "backing index", errp);
     const char *reason;
-    int ret;
 
-    ret = bdrv_pread(bs->file, offset, len, buf, 0);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not read the backing index "
-                         "header extension");
-        return ret;
+    if (!buf) {
+        return -EIO;
     }
     qcow2_bi_changed(bs);
     s->bi_enabled = true;

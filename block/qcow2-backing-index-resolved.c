@@ -117,15 +117,12 @@ int qcow2_bir_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
                        Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    g_autofree uint8_t *buf = g_malloc0(MAX(len, 1));
+    g_autofree uint8_t *buf = qcow2_bi_read_ext(bs, offset, len,
+                                                "resolved L2 tables", errp);
     const char *reason;
-    int ret;
 
-    ret = bdrv_pread(bs->file, offset, len, buf, 0);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not read the resolved L2 tables "
-                         "header extension");
-        return ret;
+    if (!buf) {
+        return -EIO;
     }
     qcow2_bir_close(bs);
     s->bir_present = true;
@@ -568,10 +565,8 @@ int qcow2_bir_build(BlockDriverState *bs, Error **errp)
     }
 
     /* The tables and their refcounts on disk before the header names them */
-    ret = qcow2_cache_flush(bs, s->refcount_block_cache);
+    ret = qcow2_bi_flush_refcounts(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not write refcounts of '%s'",
-                         bs->filename);
         goto out;
     }
     /*
