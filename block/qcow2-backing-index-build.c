@@ -422,20 +422,6 @@ next:
     return 0;
 }
 
-static int bi_write_header(BlockDriverState *bs, Error **errp)
-{
-    int ret;
-
-    qcow2_bi_changed(bs);
-    ret = qcow2_update_header(bs);
-
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
-    }
-    return ret;
-}
-
 static int bi_flush_l2(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -484,7 +470,7 @@ static int bi_begin(BlockDriverState *bs, Error **errp)
         qcow2_bi_new_layer_id(bs);
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-    return bi_write_header(bs, errp);
+    return qcow2_bi_write_header(bs, errp);
 }
 
 /*
@@ -510,7 +496,7 @@ static int bi_finish(BiChain *c, Error **errp)
         }
     }
     s->autoclear_features |= QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = bi_write_header(bs, errp);
+    ret = qcow2_bi_write_header(bs, errp);
     if (ret < 0) {
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
     }
@@ -985,7 +971,7 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
         return ret;
     }
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-    ret = bi_write_header(bs, errp);
+    ret = qcow2_bi_write_header(bs, errp);
     if (ret < 0) {
         return ret;
     }
@@ -1001,7 +987,7 @@ int qcow2_bi_strip(BlockDriverState *bs, Error **errp)
     g_free(s->bi_ext_error);
     s->bi_ext_error = NULL;
     memset(&s->bi_ext, 0, sizeof(s->bi_ext));
-    ret = bi_write_header(bs, errp);
+    ret = qcow2_bi_write_header(bs, errp);
     if (ret < 0) {
         return ret;
     }
@@ -1294,7 +1280,7 @@ int coroutine_fn qcow2_bi_co_create(BlockDriverState *file_bs,
         memset(&s->bi_ext, 0, sizeof(s->bi_ext));
         qcow2_bi_new_layer_id(bs);
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BACKING_INDEX;
-        ret = bi_write_header(bs, errp);
+        ret = qcow2_bi_write_header(bs, errp);
         goto out;
     }
     ret = qcow2_bi_build(bs, explicit ? errp : &local_err);

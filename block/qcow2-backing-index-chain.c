@@ -55,6 +55,20 @@ uint8_t *qcow2_bi_read_ext(BlockDriverState *bs, uint64_t offset,
     return g_steal_pointer(&buf);
 }
 
+/* Write @bs's header after a change of its index state */
+int qcow2_bi_write_header(BlockDriverState *bs, Error **errp)
+{
+    int ret;
+
+    qcow2_bi_changed(bs);
+    ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
+                         bs->filename);
+    }
+    return ret;
+}
+
 /* Write back @bs's refcount blocks, before a table that they count is used */
 int qcow2_bi_flush_refcounts(BlockDriverState *bs, Error **errp)
 {

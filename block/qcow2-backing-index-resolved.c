@@ -238,11 +238,8 @@ int qcow2_bir_drop(BlockDriverState *bs, Error **errp)
     }
     qcow2_bir_close(bs);
     s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
-    qcow2_bi_changed(bs);
-    ret = qcow2_update_header(bs);
+    ret = qcow2_bi_write_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         return ret;
     }
     /* No longer named by the header: a failure from here on only leaks */
@@ -597,11 +594,8 @@ int qcow2_bir_build(BlockDriverState *bs, Error **errp)
     qcow2_bir_chain_id(layer, depth, s->bir_ext.chain_id);
     s->bir_l1 = g_steal_pointer(&rl1);
     s->autoclear_features |= QCOW2_AUTOCLEAR_BI_RESOLVED;
-    qcow2_bi_changed(bs);
-    ret = qcow2_update_header(bs);
+    ret = qcow2_bi_write_header(bs, errp);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not update the header of '%s'",
-                         bs->filename);
         qcow2_bir_close(bs);
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
         goto out;

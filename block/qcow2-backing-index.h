@@ -114,6 +114,7 @@ void qcow2_bi_changed(BlockDriverState *bs);
 uint8_t *qcow2_bi_read_ext(BlockDriverState *bs, uint64_t offset,
                            uint32_t len, const char *what, Error **errp);
 int qcow2_bi_flush_refcounts(BlockDriverState *bs, Error **errp);
+int qcow2_bi_write_header(BlockDriverState *bs, Error **errp);
 int qcow2_bi_load_ext(BlockDriverState *bs, uint64_t offset, uint32_t len,
                       Error **errp);
 bool qcow2_bi_open_writable(BlockDriverState *bs, int flags);

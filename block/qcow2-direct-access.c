@@ -292,10 +292,11 @@ static int coroutine_fn da_correct_task(AioTask *task)
 }
 
 /*
- * Cache correction of @slice, which missed an entry of layer @k: resolve
- * every entry of the slice that the top's index gives to a layer, for
- * each layer with an entry of the slice not resolved yet, reading each
- * such layer's L2 entries for the slice once.  The reads go out in
+ * Cache correction of @slice, which missed an entry: resolve every entry
+ * of the slice that the top's index gives to a layer, first from the
+ * top's resolved L2 tables if it has true ones (one read of its own file),
+ * then, for each layer with an entry of the slice still not resolved,
+ * from that layer's L2 entries for the slice, read once.  The reads go out in
  * parallel: on a long chain with clusters spread over the layers, a
  * slice names hundreds of layers, and one read after the other, each
  * waiting for the disk, would cost a full read of the disk about a tenth
@@ -305,8 +306,7 @@ static int coroutine_fn da_correct_task(AioTask *task)
  * slices a layer holds a few clusters of each.
  */
 static int coroutine_fn da_correct(BlockDriverState *bs, Qcow2DirectAccess *da,
-                                   Qcow2UcSlice *slice, uint64_t *l2_slice,
-                                   unsigned k)
+                                   Qcow2UcSlice *slice, uint64_t *l2_slice)
 {
     BDRVQcow2State *s = bs->opaque;
     unsigned n = s->l2_slice_size, align = DA_L2_READ_ALIGN / sizeof(uint64_t);
@@ -465,7 +465,7 @@ static int coroutine_fn da_lookup(BlockDriverState *bs, Qcow2DirectAccess *da,
     if (e->type == QCOW2_UC_UNRESOLVED || e->layer != *k) {
         da->cache->stats.misses++;
         trace_qcow2_da_miss(bs, offset, *k, missed);
-        ret = da_correct(bs, da, slice, l2_slice, *k);
+        ret = da_correct(bs, da, slice, l2_slice);
         if (ret < 0) {
             qcow2_uc_put(slice);
             return ret;

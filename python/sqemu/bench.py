@@ -108,12 +108,10 @@ def describe_exit(name, code, output):
                                  ': ' + last if last else '')
 
 
-def execute(cmd, env=None):
+def execute(cmd):
     """Run @cmd, its stdout and stderr merged; return its output, wall
     time in seconds, peak RSS in KiB and bytes read from storage.  Raise
     BenchError if it fails."""
-    if env:
-        cmd = ['env'] + ['%s=%s' % kv for kv in env.items()] + list(cmd)
     with Process(cmd) as proc:
         code = proc.wait()
         elapsed = time.monotonic() - proc.started
@@ -292,18 +290,17 @@ def protocol_node(top):
     return {'driver': 'file', 'filename': top, 'cache': {'direct': True}}
 
 
-def module_env(tools):
-    """What a build's qemu-storage-daemon needs to find the block driver
+def daemon_command(tools, cmd):
+    """@cmd, a build's qemu-storage-daemon, as it finds the block driver
     modules (nfs): ours' build keeps them next to qemu-img, not next to the
     daemon; Debian's relocatable binaries find theirs"""
     if tools.get('module_dir'):
-        return {'QEMU_MODULE_DIR': tools['module_dir']}
-    return None
+        return ['env', 'QEMU_MODULE_DIR=' + tools['module_dir']] + cmd
+    return cmd
 
 
 def rand_read(tools, top, runtime, workdir):
     rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
-    env = module_env(tools)
     try:
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
                     'read-only': True, 'file': protocol_node(top)}
@@ -311,8 +308,7 @@ def rand_read(tools, top, runtime, workdir):
         with Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
                     BenchError,
                     launch=lambda cmd, log: Process(
-                        (['env'] + ['%s=%s' % kv for kv in env.items()]
-                         if env else []) + cmd, log)) as daemon:
+                        daemon_command(tools, cmd), log)) as daemon:
             iops = run_fio(daemon.nbd, runtime)
             daemon.stop(DAEMON_STOP_TIMEOUT)
             rss = daemon.proc.maxrss

@@ -34,3 +34,46 @@ def test_check():
     assert bench.check('x', 1.0, '>=', 0.9).endswith('(target >= 0.900: met)')
     assert bench.check('x', 0.8, '>=', 0.9).endswith('NOT met)')
     assert bench.check('x', 2.0, '<=', 1.5).endswith('NOT met)')
+
+
+def test_protocol_node():
+    assert bench.protocol_node('nfs://10.0.0.1/node0/c-layer.qcow2') == {
+        'driver': 'nfs', 'path': '/node0/c-layer.qcow2',
+        'server': {'type': 'inet', 'host': '10.0.0.1'},
+        'cache': {'direct': True}}
+    assert bench.protocol_node('/var/tmp/top.qcow2') == {
+        'driver': 'file', 'filename': '/var/tmp/top.qcow2',
+        'cache': {'direct': True}}
+
+
+def test_daemon_command():
+    cmd = ['qsd', '--blockdev', '{}']
+    assert bench.daemon_command({}, cmd) == cmd
+    assert bench.daemon_command({'module_dir': '/b'}, cmd) == \
+        ['env', 'QEMU_MODULE_DIR=/b'] + cmd
+
+
+def test_nfs_options_need_nodes(monkeypatch, capsys):
+    monkeypatch.setattr('sys.argv', ['bench', '--nfs-latency', '0.5'])
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args()
+    assert e.value.code == 2
+    assert '--nfs-latency and --nfs-bandwidth need --nfs-nodes' in \
+        capsys.readouterr().err
+    monkeypatch.setattr('sys.argv', ['bench', '--nfs-nodes', '2',
+                                     '--nfs-latency', '0.5', '--quick'])
+    args = bench.parse_args()
+    assert (args.nfs_nodes, args.nfs_latency, args.nfs_names) == \
+        (2, 0.5, 'absolute')
+
+
+def test_targets_of_a_failed_measurement():
+    rows = [{'layers': n, 'build': b, 'seq_mbps': 100.0, 'rand_iops': 10.0,
+             'seq_rss_kib': 1000, 'qsd_rss_kib': 1000, 'open_time_s': 0.1}
+            for n in (1, 1000) for b in ('stock', 'ours')]
+    rows[2] = {'layers': 1000, 'build': 'stock',
+               'errors': ['chain open: cannot open']}
+    text = bench.format_targets(rows)
+    assert 'failed ms stock' in text
+    assert 'N=1000 stock: chain open: cannot open' in text
+    assert bench.format_row(rows[2]).split()[:2] == ['1000', 'stock']

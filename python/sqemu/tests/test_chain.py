@@ -89,3 +89,18 @@ def test_scratch_parent(tmp_path):
         chain.scratch_parent([str(b) for b in bad] +
                              [str(tmp_path / 'missing')])
     assert 'set TMPDIR' in str(e.value)
+
+
+def test_env_nodes(monkeypatch):
+    monkeypatch.delenv('SQEMU_NFS_DIRS', raising=False)
+    monkeypatch.delenv('SQEMU_NFS_URLS', raising=False)
+    with pytest.raises(chain.ChainError, match='nfs-nodes run'):
+        chain.env_nodes()
+    monkeypatch.setenv('SQEMU_NFS_DIRS', '/d/node0 /d/node1')
+    monkeypatch.setenv('SQEMU_NFS_URLS', 'nfs://a/node0/ nfs://b/node1/')
+    nodes = chain.env_nodes()
+    assert [n.directory for n in nodes] == ['/d/node0', '/d/node1']
+    assert nodes[1].url('x.qcow2') == 'nfs://b/node1/x.qcow2'
+    assert chain.top_path('/out', nodes[1].url('x')) == 'nfs://b/node1/x'
+    assert chain.top_path('/out', 'layer-0001.qcow2') == \
+        '/out/layer-0001.qcow2'
