@@ -45,7 +45,7 @@ uint8_t *qcow2_bi_read_ext(BlockDriverState *bs, uint64_t offset,
                            uint32_t len, const char *what, Error **errp)
 {
     g_autofree uint8_t *buf = g_malloc0(MAX(len, 1));
-    int ret = bdrv_pread(bs->file, offset, len, buf, 0);
+    int ret = qcow2_pread_header(bs, offset, len, buf);
 
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not read the %s header "
