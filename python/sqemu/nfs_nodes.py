@@ -736,22 +736,10 @@ class Nodes:
             node.path('rpcbind.log'))
         self.wait_port(node, node.rpcbind, 'rpcbind', node.direct_address,
                        RPCBIND_PORT, (node.path('rpcbind.log'),))
-        conf = node.path('ganesha.conf')
-        with open(conf, 'w') as f:
+        with open(node.path('ganesha.conf'), 'w') as f:
             f.write(ganesha_config(node.directory, node.export,
                                    node.path('recovery')))
-        # --root and --wd: entering a mount namespace resets the root and
-        # the working directory to the namespace's, which in a chroot is
-        # not the one rpcbind (and this script) sees
-        node.ganesha = self.spawn(
-            ['nsenter', '--target', str(node.rpcbind.pid), '--mount',
-             '--net', '--root', '--wd', which('ganesha.nfsd'),
-             '-F', '-f', conf,
-             '-L', node.path('ganesha.log'), '-p', node.path('ganesha.pid'),
-             '-N', 'NIV_EVENT'], node.path('ganesha.out'))
-        self.wait_registered(node, node.direct_address, 'ganesha.nfsd',
-                             node.ganesha, (node.path('ganesha.out'),
-                                            node.path('ganesha.log')))
+        self.start_ganesha(node)
         if not node.proxy_namespace:
             return
         cmd = ['ip', 'netns', 'exec', node.proxy_namespace,
@@ -766,6 +754,47 @@ class Nodes:
         node.proxy = self.spawn(cmd, node.path('proxy.log'))
         self.wait_registered(node, node.address, 'the proxy', node.proxy,
                              (node.path('proxy.log'),))
+
+    def start_ganesha(self, node):
+        # --root and --wd: entering a mount namespace resets the root and
+        # the working directory to the namespace's, which in a chroot is
+        # not the one rpcbind (and this script) sees
+        node.ganesha = self.spawn(
+            ['nsenter', '--target', str(node.rpcbind.pid), '--mount',
+             '--net', '--root', '--wd', which('ganesha.nfsd'),
+             '-F', '-f', node.path('ganesha.conf'),
+             '-L', node.path('ganesha.log'), '-p', node.path('ganesha.pid'),
+             '-N', 'NIV_EVENT'], node.path('ganesha.out'))
+        self.wait_registered(node, node.direct_address, 'ganesha.nfsd',
+                             node.ganesha, (node.path('ganesha.out'),
+                                            node.path('ganesha.log')))
+
+    def stop_server(self, i, crash=True):
+        """Stop node @i's NFS server (rpcbind and the proxy stay): killed
+        (@crash, as a crashed or rebooted server leaves its clients) or
+        shut down with SIGTERM"""
+        node = self.nodes[i]
+        self.log('%s the NFS server of node %d' %
+                 ('killing' if crash else 'stopping', i))
+        if crash:
+            node.ganesha.kill()
+            node.ganesha.wait()
+        else:
+            stop_process(node.ganesha)
+
+    def start_server(self, i):
+        """Start node @i's NFS server again (after stop_server), serving
+        the same directory at the same address and ports"""
+        node = self.nodes[i]
+        self.log('starting the NFS server of node %d again' % i)
+        self.start_ganesha(node)
+        # a killed server's registrations stay with rpcbind: wait for the
+        # ports themselves
+        for port in (NFS_PORT, MOUNTD_PORT):
+            self.wait_port(node, node.ganesha, 'ganesha.nfsd',
+                           node.direct_address, port,
+                           (node.path('ganesha.out'),
+                            node.path('ganesha.log')))
 
     def wait_port(self, node, process, name, address, port, logs):
         deadline = time.monotonic() + STARTUP_TIMEOUT
