@@ -48,10 +48,11 @@ from sqemu.proc import run_child
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, CHILD_STOP_S, DEBIAN_FIGURES,
     FIGURES, GUEST_FIGURES, GUEST_MEMORY_MIB, KVM_PROBE_S, LIVESNAP_BLOCK,
-    LIVESNAP_DISK, LIVESNAP_HEADER, LIVESNAP_INTERVAL, ROCKSDB_SMALL_CACHE,
-    ROCKSDB_VALUE, SCALES, SNAP_FILL)
+    LIVESNAP_DISK, LIVESNAP_HEADER, LIVESNAP_INTERVAL, NFS_LATENCIES,
+    NFS_NODES, ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SCALES, SNAP_FILL)
 
 VMRUN = paths.script('vmrun')
+BENCH = paths.script('bench')
 MKCHAIN = paths.script('mkchain')
 MKIMAGE = paths.script('mkimage')
 INSTALL_DEPS = paths.script('install-deps')
@@ -105,7 +106,7 @@ def run_json(cmd, what):
 
 def find_builds(args):
     """Tools of both builds, as bench finds them, plus qemu-system."""
-    stock = args.stock or paths.stock_dir(EvalError)
+    stock = args.stock = args.stock or paths.stock_dir(EvalError)
     builds = bench.find_builds(argparse.Namespace(stock=stock,
                                                   ours=args.ours))
     systems = {'stock': args.stock_qemu or
@@ -494,12 +495,44 @@ def figure_livesnap(args, builds, accel, workdir, report):
 
 # Main.
 
+def figure_nfs(args, workdir, report):
+    """Sequential and random reads, chain open and snapshot with the
+    chains on NFS storage nodes: bench's NFS mode, side by side on the same
+    chains, once without added latency and once per round trip of
+    NFS_LATENCIES"""
+    scale = args.scale
+    for latency in NFS_LATENCIES:
+        what = 'no added latency' if latency is None else \
+            '%g ms round trip' % latency
+        progress('nfs: %d storage nodes, %s, N=%s' % (
+            NFS_NODES, what, ','.join(map(str, scale['nfs_lengths']))))
+        name = 'nfs-%s' % ('direct' if latency is None else latency)
+        cmd = [BENCH, '--stock', args.stock, '--ours', args.ours,
+               '--lengths', ','.join(map(str, scale['nfs_lengths'])),
+               '--size', str(scale['nfs_size']),
+               '--repeat', str(scale['nfs_repeat']),
+               '--runtime', str(scale['nfs_seconds']),
+               '--nfs-nodes', str(NFS_NODES),
+               '--workdir', os.path.join(workdir, name),
+               '--plot', os.path.join(workdir, name + '.png')]
+        if latency is not None:
+            cmd += ['--nfs-latency', str(latency)]
+        data = run_json(cmd, 'bench over NFS (%s)' % what)
+        report['nfs'].append({
+            'latency_ms': latency, 'nodes': NFS_NODES,
+            'names': data['parameters'].get('nfs_names'),
+            'size': scale['nfs_size'], 'repeat': scale['nfs_repeat'],
+            'results': data['results']})
+
+
 def install_packages(figures):
     """The Debian packages @figures need (install-deps installs them as
     root, else names them and fails)."""
     sets = ['runtime']
     if DEBIAN_FIGURES & set(figures):
         sets.append('image')
+    if 'nfs' in figures:
+        sets.append('nfs')
     status, output = run_child([INSTALL_DEPS] + sets)
     if status != 0:
         raise EvalError('%s (or leave out the figures that need them)' %
@@ -551,7 +584,7 @@ def evaluate(args):
               'machine': bench.describe_machine(),
               'builds': {b: builds[b]['version'] for b in builds},
               'dd': [], 'boot': [], 'snapshot': [], 'counters': [],
-              'cache': [], 'rocksdb': [], 'livesnap': [],
+              'cache': [], 'rocksdb': [], 'livesnap': [], 'nfs': [],
               'cache_fill': args.scale['cache_fill'],
               'dd_size': args.scale['dd_size'],
               'cache_disk': args.scale['cache_disk'],
@@ -577,6 +610,8 @@ def evaluate(args):
             figure_rocksdb(args, builds, accel, workdir, report)
         if 'livesnap' in args.figures:
             figure_livesnap(args, builds, accel, workdir, report)
+        if 'nfs' in args.figures:
+            figure_nfs(args, workdir, report)
         # Last: it writes 90% of each disk (45 GiB at --full), and a figure
         # timed right after such writes here ran up to 5x slower (the
         # disk's write-back and throttling outlast the writes)
@@ -585,10 +620,35 @@ def evaluate(args):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report['seconds'] = time.monotonic() - started
+    if args.merge:
+        report = merge_reports(args.merge_base, report)
     values = evaluation_report.write_report(report, args.out, progress)
     print('wrote %s' % os.path.join(args.out, 'evaluation.md'))
     for key, value in sorted(values.items()):
         print('%s: %.3f' % (key, value))
+
+
+# What each figure puts in the report
+FIGURE_KEYS = {'memory': ('dd',), 'dd': ('dd',), 'counters': ('counters',),
+               'boot': ('boot',), 'snapshot': ('snapshot',),
+               'cache': ('cache',), 'rocksdb': ('rocksdb',),
+               'livesnap': ('livesnap',), 'nfs': ('nfs',)}
+
+
+def merge_reports(base, new):
+    """@base (an earlier run's report) with the results of @new's figures
+    in place of its own, and a line saying when they were measured"""
+    merged = dict(base)
+    for figure in new['figures']:
+        for key in FIGURE_KEYS[figure]:
+            merged[key] = new[key]
+    merged['figures'] = sorted(set(base['figures']) | set(new['figures']),
+                               key=FIGURES.index)
+    merged['merged'] = [m for m in base.get('merged', ())
+                        if not set(m['figures']) <= set(new['figures'])]
+    merged['merged'].append({k: new[k] for k in (
+        'command', 'date', 'seconds', 'figures', 'builds')})
+    return merged
 
 
 def describe_scale(name):
@@ -606,7 +666,8 @@ def describe_scale(name):
         '%d reads), boots at N=%s (the fastest of %d; stock %s), '
         'snapshots of %s GiB disks, fio (%d s) with %s MiB of cache on '
         '%d%% of a %d MiB disk, RocksDB (%dk keys, %d s) at N=%s with %s '
-        'caches, %d live snapshots' % (
+        'caches, %d live snapshots, reads over NFS (%d nodes, %s) at '
+        'N=%s on a %d MiB disk' % (
             scale['dd_size'] >> 20, lengths(scale['dd_lengths']),
             scale['dd_repeat'], lengths(scale['boot_lengths']),
             scale['boot_repeat'],
@@ -619,7 +680,10 @@ def describe_scale(name):
             scale['rocksdb_keys'] // 1000, scale['rocksdb_seconds'],
             lengths(scale['rocksdb_lengths']),
             ' and '.join(scale['rocksdb_caches']),
-            scale['live_snapshots']))
+            scale['live_snapshots'], NFS_NODES,
+            ' and '.join('no added latency' if ms is None else
+                         '%g ms round trip' % ms for ms in NFS_LATENCIES),
+            lengths(scale['nfs_lengths']), scale['nfs_size'] >> 20))
 
 
 def parse_args(argv):
@@ -633,7 +697,7 @@ def parse_args(argv):
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument('--quick', action='store_true',
                        help='the short run (the default; under 15 minutes '
-                       'here)')
+                       'here without the nfs figure)')
     scale.add_argument('--full', action='store_true',
                        help='the paper\'s scale')
     parser.add_argument('--figures', default=','.join(FIGURES),
@@ -666,6 +730,10 @@ def parse_args(argv):
     parser.add_argument('--out', default=DEFAULT_OUT, metavar='DIR',
                         help='where evaluation.md and eval/ go (default: '
                         '%(default)s)')
+    parser.add_argument('--merge', action='store_true',
+                        help='measure only --figures and keep the other '
+                        'figures of the earlier run in OUT/eval/eval.json '
+                        '(the report says when each was measured)')
     parser.add_argument('--from-json', metavar='FILE',
                         help='measure nothing: rewrite the report from the '
                         'eval.json of an earlier run')
@@ -680,6 +748,20 @@ def parse_args(argv):
     unknown = set(args.figures) - set(FIGURES)
     if unknown:
         parser.error('unknown figure(s): %s' % ', '.join(sorted(unknown)))
+    args.merge_base = None
+    if args.merge:
+        if args.from_json:
+            parser.error('--merge measures: not with --from-json')
+        path = os.path.join(args.out, 'eval', 'eval.json')
+        try:
+            with open(path) as f:
+                args.merge_base = json.load(f)
+        except (OSError, ValueError) as e:
+            parser.error('--merge: cannot read the earlier run\'s %s: %s'
+                         % (path, e))
+        if args.merge_base.get('scale') != args.scale_name:
+            parser.error('--merge: %s is a --%s run, this one --%s' % (
+                path, args.merge_base.get('scale'), args.scale_name))
     return args
 
 

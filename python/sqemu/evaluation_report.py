@@ -127,7 +127,52 @@ def write_plots(report, outdir, progress):
         ax.set_xticklabels(['N=%d\n%s' % b for b in bars])
         ax.set_ylabel('db_bench readrandom (ops/s)')
         save(fig, ax, 'rocksdb')
+    if report.get('nfs'):
+        plot_nfs(report, outdir, plt, files)
     return files
+
+
+# The nfs figure's panels: (row field, scale, y label, log y)
+NFS_PANELS = (('seq_mbps', 1, 'sequential read, QD1 (MB/s)', False),
+              ('rand_iops', 1, 'random 4 KiB read, QD16 (IOPS)', False),
+              ('open_time_s', 1, 'chain open (s)', True))
+
+
+def nfs_label(run):
+    return ('no added latency' if run['latency_ms'] is None else
+            '%g ms round trip' % run['latency_ms'])
+
+
+def plot_nfs(report, outdir, plt, files):
+    """One row of panels: bench's NFS runs, stock and ours, a line
+    style per added latency"""
+    fig, axes = plt.subplots(1, len(NFS_PANELS), figsize=(13, 3.8))
+    styles = ('o-', 's--', '^:')
+    for ax, (key, scale, ylabel, logy) in zip(axes, NFS_PANELS):
+        for run, style in zip(report['nfs'], styles):
+            for build, colour in (('stock', 'tab:blue'),
+                                  ('ours', 'tab:orange')):
+                data = [r for r in run['results'] if r['build'] == build
+                        and r.get(key) is not None]
+                ax.plot([r['layers'] for r in data],
+                        [r[key] * scale for r in data], style,
+                        color=colour,
+                        label='%s, %s' % (build, nfs_label(run)))
+        ax.set_xscale('log')
+        if logy:
+            ax.set_yscale('log')
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel('chain length (layers over %d nodes)' %
+                      report['nfs'][0]['nodes'])
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle('chains on NFS storage nodes (nfs-ganesha over veth)')
+    fig.tight_layout()
+    files['nfs'] = 'eval-nfs.png'
+    fig.savefig(os.path.join(outdir, 'eval', files['nfs']), dpi=100)
+    plt.close(fig)
 
 
 def plot_lines(plots, *names):
@@ -385,6 +430,69 @@ def section_livesnap(report, _plots):
                       'host verify errors (reader)'), body), '']
 
 
+def nfs_row(run, build, layers):
+    for r in run['results']:
+        if r['build'] == build and r['layers'] == layers:
+            return r
+    return {}
+
+
+def nfs_ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def section_nfs(report, plots):
+    runs = report['nfs']
+    first = runs[0]
+    body = []
+    for run in runs:
+        for r in sorted(run['results'],
+                        key=lambda r: (r['layers'], r['build'] != 'stock')):
+            body.append((nfs_label(run), r['layers'], r['build'],
+                         fmt(r.get('seq_mbps'), '.1f'),
+                         fmt(r.get('rand_iops'), '.0f'),
+                         fmt(r['open_time_s'] * 1000
+                             if r.get('open_time_s') is not None else None,
+                             '.0f'),
+                         '; '.join(r.get('errors', ())) or '-'))
+    ratios = []
+    for run in runs:
+        lengths = sorted({r['layers'] for r in run['results']})
+        lo, hi = lengths[0], lengths[-1]
+        one, top = nfs_row(run, 'ours', lo), nfs_row(run, 'ours', hi)
+        stock = nfs_row(run, 'stock', hi)
+        ratios.append((nfs_label(run), 'N=%d / N=%d' % (hi, lo),
+                       fmt(nfs_ratio(top.get('seq_mbps'),
+                                     one.get('seq_mbps')), '.3f'),
+                       fmt(nfs_ratio(top.get('rand_iops'),
+                                     one.get('rand_iops')), '.3f'),
+                       fmt(nfs_ratio(top.get('seq_mbps'),
+                                     stock.get('seq_mbps')), '.1f'),
+                       fmt(nfs_ratio(stock.get('open_time_s'),
+                                     top.get('open_time_s')), '.1f')))
+    return ['## Chains on NFS storage nodes', ''] + \
+        plot_lines(plots, 'nfs') + [
+        'bench\'s NFS mode (scripts/sqemu/bench --nfs-nodes %d): each '
+        'chain is made and indexed on local disk, then its layers are '
+        'placed in contiguous ranges on %d NFS storage nodes '
+        '(scripts/sqemu/nfs-nodes: nfs-ganesha with the VFS backend, each '
+        'in its own network namespace behind a veth pair; the added round '
+        'trip comes from a userspace proxy) with %s backing file names, '
+        'and both builds open them by nfs:// URL.  Sequential: qemu-img '
+        'bench, the median of %d reads of the %d MiB disk (a read slower '
+        'than 60 s is not repeated); random: fio 4 KiB reads at QD16 '
+        'through a qemu-storage-daemon\'s NBD export; open: qemu-io -r -c '
+        'quit.  Ours shares one mount and TCP connection per node (patch '
+        '0055); stock 7.2 holds one per layer.  A measurement that failed '
+        'is shown with its error.' % (
+            first['nodes'], first['nodes'], first.get('names') or
+            'absolute', first['repeat'], first['size'] >> 20), '',
+        md_table(('NFS', 'N', 'build', 'seq MB/s', 'rand IOPS', 'open ms',
+                  'errors'), body), '',
+        md_table(('NFS', 'ours', 'seq', 'rand', 'seq, ours / stock',
+                  'open, stock / ours'), ratios), '']
+
+
 # Figures whose target is a ratio of ours' fastest repeats: {figure: the
 # rows' field of all repeats' times}
 NOISY = {'dd': 'dd_times_s', 'boot': 'boot_times_s'}
@@ -416,8 +524,13 @@ def write_report(report, outdir, progress):
             '* accelerator: **%s** (%s)' % (report['accelerator'],
                                             report['accel_note']),
             '* stock: %s' % report['builds']['stock'],
-            '* ours: %s' % report['builds']['ours'], '',
-            '## Targets', '']
+            '* ours: %s' % report['builds']['ours'], '']
+    for m in report.get('merged', ()):
+        text += ['Figure%s %s measured later, by `%s` on %s in %.0f s (ours: '
+                 '%s).' % ('s' if len(m['figures']) > 1 else '',
+                           ', '.join(m['figures']), m['command'], m['date'],
+                           m['seconds'], m['builds']['ours']), '']
+    text += ['## Targets', '']
     body = []
     for figure, name, key, op, goal in TARGETS:
         value = values.get(key)
@@ -445,7 +558,8 @@ def write_report(report, outdir, progress):
                             ('counters', section_counters),
                             ('cache', section_cache),
                             ('rocksdb', section_rocksdb),
-                            ('livesnap', section_livesnap)):
+                            ('livesnap', section_livesnap),
+                            ('nfs', section_nfs)):
         if report.get(figure):
             text += section(report, plots)
     with open(os.path.join(outdir, 'evaluation.md'), 'w') as f:

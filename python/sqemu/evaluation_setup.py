@@ -7,7 +7,7 @@
 GUEST_MEMORY_MIB = 512
 SNAP_FILL = 0.9
 FIGURES = ('memory', 'dd', 'boot', 'snapshot', 'counters', 'cache',
-           'rocksdb', 'livesnap')
+           'rocksdb', 'livesnap', 'nfs')
 # Figures that boot the Debian guest, and all that boot a guest
 DEBIAN_FIGURES = {'boot', 'cache', 'rocksdb', 'livesnap'}
 GUEST_FIGURES = DEBIAN_FIGURES | {'dd', 'memory', 'counters'}
@@ -27,6 +27,11 @@ LIVESNAP_HEADER = 512
 LIVESNAP_INTERVAL = 0.05
 # A KVM guest that works boots the initramfs guest in a second or two
 KVM_PROBE_S = 6
+# The nfs figure: bench's NFS mode (scripts/sqemu/nfs-nodes), the chains'
+# layers in contiguous ranges over this many storage nodes, measured
+# without added latency and with these round trips (ms)
+NFS_NODES = 2
+NFS_LATENCIES = (None, 0.5)
 # How long a tool may take to stop after SIGTERM
 CHILD_STOP_S = 30
 SCALES = {
@@ -40,7 +45,9 @@ SCALES = {
               'fio_seconds': 5,
               'rocksdb_lengths': (50, 500), 'rocksdb_keys': 300000,
               'rocksdb_caches': ('default',), 'rocksdb_seconds': 5,
-              'live_snapshots': 100},
+              'live_snapshots': 100,
+              'nfs_lengths': (1, 100, 1000), 'nfs_size': 128 << 20,
+              'nfs_repeat': 3, 'nfs_seconds': 4},
     'full': {'dd_size': 1 << 30, 'dd_lengths': (1, 10, 100, 500, 1000),
              'dd_repeat': 3,
              'boot_lengths': (1, 10, 100, 500, 1000), 'boot_repeat': 3,
@@ -52,7 +59,9 @@ SCALES = {
              'fio_seconds': 30,
              'rocksdb_lengths': (50, 500), 'rocksdb_keys': 1000000,
              'rocksdb_caches': ('default', 'small'), 'rocksdb_seconds': 60,
-             'live_snapshots': 100},
+             'live_snapshots': 100,
+             'nfs_lengths': (1, 10, 100, 500, 1000), 'nfs_size': 1 << 30,
+             'nfs_repeat': 3, 'nfs_seconds': 10},
 }
 # What the boot section says of the kernel vmrun booted (its 'kernel')
 KERNEL_NOTE = {
@@ -76,6 +85,8 @@ PAPER = {
     'cache': 'no number for this figure in ../shared/sqemu-brief.md',
     'rocksdb': 'RocksDB YCSB-C +33% at N=50, +48% at N=500',
     'livesnap': 'not reported in the paper',
+    'nfs': 'not reported apart in the paper (its chains are on NFS '
+           'storage servers)',
 }
 TARGETS = (
     # (figure, description, key in target_values(), op, goal)

@@ -70,3 +70,57 @@ def test_repeat_spread():
     assert abs(evaluation_report.repeat_spread(report, 'dd') - 1.2) < 1e-9
     report['dd'] = [{'build': 'ours', 'layers': 1, field: [10.0]}]
     assert evaluation_report.repeat_spread(report, 'dd') is None
+
+
+def nfs_run(latency, rows):
+    return {'latency_ms': latency, 'nodes': 2, 'names': 'absolute',
+            'size': 128 << 20, 'repeat': 3, 'results': rows}
+
+
+def bench_row(build, layers, mbps, iops, open_s, errors=None):
+    row = {'build': build, 'layers': layers, 'seq_mbps': mbps,
+           'rand_iops': iops, 'open_time_s': open_s}
+    if errors:
+        row['errors'] = errors
+    return row
+
+
+def test_section_nfs():
+    report = {'nfs': [nfs_run(None, [
+        bench_row('stock', 1, 100.0, 50000, 0.02),
+        bench_row('ours', 1, 100.0, 50000, 0.02),
+        bench_row('stock', 1000, 1.0, 20, 26.0),
+        bench_row('ours', 1000, 90.0, 20000, 2.6)]), nfs_run(0.5, [
+            bench_row('stock', 1, 80.0, 12000, 0.03),
+            bench_row('ours', 1, 80.0, 12000, 0.03),
+            bench_row('stock', 1000, None, None, None,
+                      errors=['open: mount failed']),
+            bench_row('ours', 1000, 76.0, 11400, 7.0)])]}
+    text = '\n'.join(evaluation_report.section_nfs(report, {}))
+    assert '| 0.5 ms round trip | 1000 | stock | - | - | - | open: ' \
+        'mount failed |' in text
+    # ours N=1000 / N=1: seq 0.9, rand 0.4; ours / stock seq 90; open
+    # stock / ours 10
+    assert '| no added latency | N=1000 / N=1 | 0.900 | 0.400 | 90.0 | ' \
+        '10.0 |' in text
+    # stock failed: its ratios are not made up
+    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | 0.950 | - | - |' \
+        in text
+
+
+def test_merge_reports():
+    base = {'figures': ['dd', 'boot'], 'dd': ['old dd'], 'boot': ['b'],
+            'nfs': [], 'command': 'eval --quick', 'date': '2026-11-21'}
+    new = {'figures': ['nfs'], 'dd': [], 'boot': [], 'nfs': ['n'],
+           'command': 'eval --quick --figures nfs --merge',
+           'date': '2026-12-04', 'seconds': 600.0,
+           'builds': {'ours': 'o', 'stock': 's'}}
+    merged = evaluation.merge_reports(base, new)
+    assert merged['dd'] == ['old dd'] and merged['boot'] == ['b']
+    assert merged['nfs'] == ['n']
+    assert merged['figures'] == ['dd', 'boot', 'nfs']
+    assert merged['command'] == 'eval --quick'
+    assert [m['figures'] for m in merged['merged']] == [['nfs']]
+    # merging the same figure again replaces the earlier note
+    again = evaluation.merge_reports(merged, dict(new, date='2026-12-05'))
+    assert [m['date'] for m in again['merged']] == ['2026-12-05']
