@@ -281,13 +281,9 @@ def run_fio(sock, runtime):
 
 
 def protocol_node(top):
-    """The protocol node of @top: a local file, or an nfs:// URL"""
-    m = re.fullmatch(r'nfs://([^/]+)(/.*)', top)
-    if m:
-        return {'driver': 'nfs', 'path': m.group(2),
-                'server': {'type': 'inet', 'host': m.group(1)},
-                'cache': {'direct': True}}
-    return {'driver': 'file', 'filename': top, 'cache': {'direct': True}}
+    """The protocol node of @top (a local file, or an nfs:// URL), read
+    with O_DIRECT"""
+    return dict(nfs_chain.protocol_node(top), cache={'direct': True})
 
 
 def daemon_command(tools, cmd):

@@ -18,6 +18,7 @@
 # driver mounts a URL's directory): each file name gets the chain's tag.
 
 import os
+import re
 import shutil
 import struct
 
@@ -49,6 +50,16 @@ def set_backing_name(image, name):
             f.write(b'\0' * (size - len(data)))
         f.seek(16)
         f.write(struct.pack('>I', len(data)))
+
+
+def protocol_node(top):
+    """The protocol node (blockdev options) of the image @top: an nfs://
+    URL (nfs driver), or a local file"""
+    m = re.fullmatch(r'nfs://([^/]+)(/.*)', top)
+    if m:
+        return {'driver': 'nfs', 'path': m.group(2),
+                'server': {'type': 'inet', 'host': m.group(1)}}
+    return {'driver': 'file', 'filename': top}
 
 
 def place(chaindir, layer_names, nodes, tag, names='relative'):

@@ -43,7 +43,7 @@ import sys
 import time
 import traceback
 
-from sqemu import paths, qsd, util
+from sqemu import nfs_chain, nfs_nodes, paths, qsd, util
 from sqemu.proc import Processes
 
 MKCHAIN = paths.script('mkchain')
@@ -90,15 +90,16 @@ class Daemon(qsd.Daemon):
     """A qemu-storage-daemon exporting TOP writable over NBD on a unix
     socket, one of the command's @procs."""
 
-    def __init__(self, procs, binary, top, rundir, writethrough=False):
+    def __init__(self, procs, binary, top, rundir, writethrough=False,
+                 env=None):
         self.procs = procs
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
-                    'file': {'driver': 'file', 'filename': top}}
+                    'file': nfs_chain.protocol_node(top)}
         super().__init__(binary, blockdev, rundir, StressError,
                          writable=True, writethrough=writethrough,
                          launch=lambda cmd, log: procs.spawn(
                              cmd, stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT),
+                             stderr=subprocess.STDOUT, env=env),
                          start_timeout=DAEMON_START_TIMEOUT)
 
     def counters(self):
@@ -193,6 +194,11 @@ class Stress:
         self.ours = {t: paths.find_tool(args.ours, t) for t in TOOLS}
         self.stock = {t: paths.find_tool(args.stock, t) for t in TOOLS}
         self.ours_top = self.stock_top = None
+        self.nodes = None
+        # ours' storage daemon, in its own directory of the build, finds
+        # the nfs module (block-nfs.so) through QEMU_MODULE_DIR
+        self.ours_env = dict(os.environ, QEMU_MODULE_DIR=os.path.dirname(
+            os.path.realpath(self.ours['qemu-img'])))
         # True while the two chains are known to hold the same content
         self.chains_equal = False
 
@@ -251,6 +257,41 @@ class Stress:
                              '-b', below, '-F', 'qcow2', layer])
         self.stock_top = copies[-1]
         progress('copied in %.0f s' % (time.monotonic() - started))
+
+    def place_on_nodes(self):
+        """With --nfs-nodes: both chains' layers onto the storage nodes,
+        in contiguous ranges, every backing file named by its nfs:// URL
+        (stock 7.2 resolves relative names under nfs:// wrongly)"""
+        args = self.args
+        progress('starting %d NFS storage nodes%s...' % (
+            args.nfs_nodes, '' if args.nfs_latency is None else
+            ' (%g ms round trip)' % args.nfs_latency))
+        self.nodes = nfs_nodes.Nodes(args.nfs_nodes,
+                                     os.path.join(self.workdir, 'nfs'),
+                                     args.nfs_latency, log=progress)
+        try:
+            self.nodes.start()
+        except nfs_nodes.NodesError as e:
+            raise StressError('NFS storage nodes: %s' % e)
+        for build, top in (('ours', self.ours_top),
+                           ('stock', self.stock_top)):
+            chaindir = os.path.dirname(top)
+            names = [os.path.basename(p) for p in sorted(
+                glob.glob(os.path.join(chaindir, 'layer-*.qcow2')))]
+            url, ranges = nfs_chain.place(chaindir, names, self.nodes,
+                                          build, 'absolute')
+            progress('%s chain on the nodes: %s; top %s' % (
+                build, ', '.join('node %d: layers %d-%d' % r
+                                 for r in ranges), url))
+            if build == 'ours':
+                self.ours_top = url
+            else:
+                self.stock_top = url
+
+    def stop_nodes(self):
+        if self.nodes:
+            self.nodes.stop()
+            self.nodes = None
 
     def read_disk(self, build, top, name, convert=False):
         """Read the whole disk of the chain @top through @build's qemu-img
@@ -359,7 +400,8 @@ class Stress:
             progress('mixed: %s qemu-storage-daemon, fio randrw %s...' %
                      (build, human_size(self.args.io_size)))
             with Daemon(self.procs, tools['qemu-storage-daemon'], top,
-                        rundir) as daemon:
+                        rundir, env=self.ours_env if build == 'ours'
+                        else None) as daemon:
                 runs[build] = self.mixed_fio(build, daemon, rundir)
                 if build == 'ours':
                     self.check_daemon_counters(daemon.counters())
@@ -511,7 +553,8 @@ class Stress:
                  'randwrite QD%d, SIGKILL after %g s...' %
                  (IODEPTH, args.kill_after))
         with Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                    self.ours_top, rundir, writethrough=True) as daemon:
+                    self.ours_top, rundir, writethrough=True,
+                    env=self.ours_env) as daemon:
             issued, acked = self.write_and_kill(daemon, rundir)
         if issued is None:
             return
@@ -519,7 +562,8 @@ class Stress:
         progress('kill: restarting ours\' daemon, fio verify_only over the '
                  '%d issued writes...' % len(issued))
         with Daemon(self.procs, self.ours['qemu-storage-daemon'],
-                    self.ours_top, rundir, writethrough=True) as daemon:
+                    self.ours_top, rundir, writethrough=True,
+                    env=self.ours_env) as daemon:
             self.verify_acked(daemon, rundir, issued, acked)
             daemon.stop()
         progress('kill: reading the disk with ours (qemu-img convert)...')
@@ -712,6 +756,8 @@ class Stress:
         started = time.monotonic()
         try:
             self.build_chains()
+            if self.args.nfs_nodes:
+                self.place_on_nodes()
             self.check_copy()
         except StressError as e:
             self.error('setup', str(e))
@@ -788,6 +834,16 @@ def parse_args():
                         help='directory of stock binaries (default: '
                              'Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
+    parser.add_argument('--nfs-nodes', type=int, default=0, metavar='K',
+                        help='put both chains on K NFS storage nodes '
+                             '(scripts/sqemu/nfs-nodes; needs root and '
+                             'network namespaces), layers in contiguous '
+                             'ranges, and open them by nfs:// URL (default '
+                             '0: local files)')
+    parser.add_argument('--nfs-latency', type=nfs_nodes.parse_latency,
+                        metavar='MS',
+                        help='with --nfs-nodes: round-trip time a proxy '
+                             'adds to every node (default none)')
     parser.add_argument('--workdir', metavar='DIR',
                         help='new directory for chains, logs and sockets '
                              '(default a new temporary directory under '
@@ -809,6 +865,10 @@ def parse_args():
         parser.error('--io-size must be a multiple of 4k, at most --size')
     if args.kill_after <= 0:
         parser.error('--kill-after must be positive')
+    if args.nfs_nodes < 0 or args.nfs_nodes > args.layers:
+        parser.error('--nfs-nodes must be between 0 and --layers')
+    if args.nfs_latency is not None and not args.nfs_nodes:
+        parser.error('--nfs-latency needs --nfs-nodes')
     return args
 
 
@@ -847,6 +907,8 @@ def main():
               flush=True)
     finally:
         procs.kill_all()
+        if stress:
+            stress.stop_nodes()
         if workdir:
             if args.keep:
                 progress('kept %s' % workdir)

@@ -98,3 +98,14 @@ def test_place(tmp_path, names):
 def test_place_refuses_unknown_names(tmp_path):
     with pytest.raises(nfs_chain.PlacementError, match='relative'):
         nfs_chain.place(str(tmp_path), [], [], 't', 'other')
+
+
+def test_protocol_node():
+    assert nfs_chain.protocol_node('nfs://10.0.0.1/node0/c-layer.qcow2') == {
+        'driver': 'nfs', 'path': '/node0/c-layer.qcow2',
+        'server': {'type': 'inet', 'host': '10.0.0.1'}}
+    assert nfs_chain.protocol_node('/var/tmp/top.qcow2') == {
+        'driver': 'file', 'filename': '/var/tmp/top.qcow2'}
+    # a URL without a path is no nfs image: left to the file driver,
+    # which names it in its error
+    assert nfs_chain.protocol_node('nfs://10.0.0.1')['driver'] == 'file'

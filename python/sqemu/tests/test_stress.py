@@ -3,6 +3,8 @@
 # sqemu.stress: parsing fio's logs, comparing images, and the texts of its
 # verdicts.
 
+import sys
+
 import pytest
 
 from sqemu import stress
@@ -50,3 +52,21 @@ def test_describe_diff():
         '2 4k blocks differ, at offsets 0, 4096'
     assert stress.describe_diff(list(range(0, 7 * 4096, 4096))).endswith(
         '0, 4096, 8192, 12288, 16384, ...')
+
+
+def parse(monkeypatch, *argv):
+    monkeypatch.setattr(sys, 'argv', ['stress', *argv])
+    return stress.parse_args()
+
+
+def test_nfs_options(monkeypatch, capsys):
+    args = parse(monkeypatch, '-n', '20', '--nfs-nodes', '2',
+                 '--nfs-latency', '0.5')
+    assert (args.nfs_nodes, args.nfs_latency) == (2, 0.5)
+    assert parse(monkeypatch).nfs_nodes == 0
+    for argv in (('--nfs-latency', '0.5'),
+                 ('-n', '4', '--nfs-nodes', '5'),
+                 ('--nfs-nodes', '-1')):
+        with pytest.raises(SystemExit):
+            parse(monkeypatch, *argv)
+        assert 'nfs' in capsys.readouterr().err
