@@ -764,16 +764,7 @@ def parse_args():
                              'end unless --keep')
     parser.add_argument('--keep', action='store_true',
                         help='keep the workdir and its chains')
-    parser.add_argument('--nfs-nodes', type=int, default=0, metavar='K',
-                        help='put the chains on K NFS storage nodes '
-                             '(scripts/sqemu/nfs-nodes; needs root and '
-                             'network namespaces), layers in contiguous '
-                             'ranges, and open them by nfs:// URL '
-                             '(default 0: local files)')
-    parser.add_argument('--nfs-latency', type=nfs_nodes.parse_latency,
-                        metavar='MS',
-                        help='with --nfs-nodes: round-trip time a proxy '
-                             'adds to every node (default none)')
+    nfs_chain.add_placement_options(parser, 'the chains')
     parser.add_argument('--nfs-bandwidth', type=nfs_nodes.parse_rate,
                         metavar='RATE',
                         help='with --nfs-nodes: the proxy\'s cap per '
@@ -817,15 +808,10 @@ def parse_args():
 
 def start_nodes(args, builds, workdir):
     """The NFS storage nodes of --nfs-nodes, started"""
-    directory = os.path.join(workdir, 'nfs')
-    os.makedirs(directory)
-    nodes = nfs_nodes.Nodes(args.nfs_nodes, directory, args.nfs_latency,
-                            args.nfs_bandwidth, log=progress)
-    try:
-        nodes.start()
-    except nfs_nodes.NodesError as e:
-        nodes.stop()
-        raise BenchError('NFS storage nodes: %s' % e)
+    nodes = nfs_chain.start_nodes(args.nfs_nodes,
+                                  os.path.join(workdir, 'nfs'),
+                                  args.nfs_latency, BenchError,
+                                  args.nfs_bandwidth, log=progress)
     ours = builds['ours']['binaries']
     ours['module_dir'] = os.path.dirname(os.path.realpath(ours['qemu-img']))
     return nodes

@@ -5,7 +5,7 @@
 
 import os
 
-from sqemu import util
+from sqemu import bench, util
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, KERNEL_NOTE, LIVESNAP_DISK,
     LIVESNAP_INTERVAL, PAPER, ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SNAP_FILL,
@@ -437,10 +437,6 @@ def nfs_row(run, build, layers):
     return {}
 
 
-def nfs_ratio(a, b):
-    return a / b if a is not None and b else None
-
-
 def section_nfs(report, plots):
     runs = report['nfs']
     first = runs[0]
@@ -461,15 +457,14 @@ def section_nfs(report, plots):
         lo, hi = lengths[0], lengths[-1]
         one, top = nfs_row(run, 'ours', lo), nfs_row(run, 'ours', hi)
         stock = nfs_row(run, 'stock', hi)
-        ratios.append((nfs_label(run), 'N=%d / N=%d' % (hi, lo),
-                       fmt(nfs_ratio(top.get('seq_mbps'),
-                                     one.get('seq_mbps')), '.3f'),
-                       fmt(nfs_ratio(top.get('rand_iops'),
-                                     one.get('rand_iops')), '.3f'),
-                       fmt(nfs_ratio(top.get('seq_mbps'),
-                                     stock.get('seq_mbps')), '.1f'),
-                       fmt(nfs_ratio(stock.get('open_time_s'),
-                                     top.get('open_time_s')), '.1f')))
+        ratio = bench.ratio
+        ratios.append((
+            nfs_label(run), 'N=%d / N=%d' % (hi, lo),
+            fmt(ratio(top.get('seq_mbps'), one.get('seq_mbps')), '.3f'),
+            fmt(ratio(top.get('rand_iops'), one.get('rand_iops')), '.3f'),
+            fmt(ratio(top.get('seq_mbps'), stock.get('seq_mbps')), '.1f'),
+            fmt(ratio(stock.get('open_time_s'), top.get('open_time_s')),
+                '.1f')))
     return ['## Chains on NFS storage nodes', ''] + \
         plot_lines(plots, 'nfs') + [
         'bench\'s NFS mode (scripts/sqemu/bench --nfs-nodes %d): each '

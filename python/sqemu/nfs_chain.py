@@ -22,7 +22,8 @@ import re
 import shutil
 import struct
 
-from sqemu.nfs_nodes import split_layers
+from sqemu.nfs_nodes import (Nodes, NodesError, parse_latency,
+                             split_layers)
 
 NAMES = ('relative', 'absolute')
 
@@ -60,6 +61,34 @@ def protocol_node(top):
         return {'driver': 'nfs', 'path': m.group(2),
                 'server': {'type': 'inet', 'host': m.group(1)}}
     return {'driver': 'file', 'filename': top}
+
+
+def add_placement_options(parser, what):
+    """--nfs-nodes and --nfs-latency, for a command that places @what on
+    NFS storage nodes it starts itself"""
+    parser.add_argument('--nfs-nodes', type=int, default=0, metavar='K',
+                        help='put %s on K NFS storage nodes '
+                             '(scripts/sqemu/nfs-nodes; needs root and '
+                             'network namespaces), layers in contiguous '
+                             'ranges, and open them by nfs:// URL '
+                             '(default 0: local files)' % what)
+    parser.add_argument('--nfs-latency', type=parse_latency, metavar='MS',
+                        help='with --nfs-nodes: round-trip time a proxy '
+                             'adds to every node (default none)')
+
+
+def start_nodes(count, directory, latency, error, bandwidth=None,
+                log=None):
+    """@count storage nodes serving under @directory (made here), started;
+    if they cannot start, everything is stopped and @error raised"""
+    os.makedirs(directory)
+    nodes = Nodes(count, directory, latency, bandwidth, log=log)
+    try:
+        nodes.start()
+    except NodesError as e:
+        nodes.stop()
+        raise error('NFS storage nodes: %s' % e)
+    return nodes
 
 
 def place(chaindir, layer_names, nodes, tag, names='relative'):

@@ -43,7 +43,7 @@ import sys
 import time
 import traceback
 
-from sqemu import nfs_chain, nfs_nodes, paths, qsd, util
+from sqemu import nfs_chain, paths, qsd, util
 from sqemu.proc import Processes
 
 MKCHAIN = paths.script('mkchain')
@@ -266,13 +266,9 @@ class Stress:
         progress('starting %d NFS storage nodes%s...' % (
             args.nfs_nodes, '' if args.nfs_latency is None else
             ' (%g ms round trip)' % args.nfs_latency))
-        self.nodes = nfs_nodes.Nodes(args.nfs_nodes,
-                                     os.path.join(self.workdir, 'nfs'),
-                                     args.nfs_latency, log=progress)
-        try:
-            self.nodes.start()
-        except nfs_nodes.NodesError as e:
-            raise StressError('NFS storage nodes: %s' % e)
+        self.nodes = nfs_chain.start_nodes(
+            args.nfs_nodes, os.path.join(self.workdir, 'nfs'),
+            args.nfs_latency, StressError, log=progress)
         for build, top in (('ours', self.ours_top),
                            ('stock', self.stock_top)):
             chaindir = os.path.dirname(top)
@@ -834,16 +830,7 @@ def parse_args():
                         help='directory of stock binaries (default: '
                              'Debian\'s packages, unpacked by '
                              'scripts/sqemu/stock-qemu)')
-    parser.add_argument('--nfs-nodes', type=int, default=0, metavar='K',
-                        help='put both chains on K NFS storage nodes '
-                             '(scripts/sqemu/nfs-nodes; needs root and '
-                             'network namespaces), layers in contiguous '
-                             'ranges, and open them by nfs:// URL (default '
-                             '0: local files)')
-    parser.add_argument('--nfs-latency', type=nfs_nodes.parse_latency,
-                        metavar='MS',
-                        help='with --nfs-nodes: round-trip time a proxy '
-                             'adds to every node (default none)')
+    nfs_chain.add_placement_options(parser, 'both chains')
     parser.add_argument('--workdir', metavar='DIR',
                         help='new directory for chains, logs and sockets '
                              '(default a new temporary directory under '

@@ -3,6 +3,10 @@
 # sqemu.evaluation (eval) and evaluation_report: the report's tables, its
 # targets and its noise figure, and the cache options given to each build.
 
+import json
+
+import pytest
+
 from sqemu import evaluation, evaluation_report
 
 
@@ -124,3 +128,23 @@ def test_merge_reports():
     # merging the same figure again replaces the earlier note
     again = evaluation.merge_reports(merged, dict(new, date='2026-12-05'))
     assert [m['date'] for m in again['merged']] == ['2026-12-05']
+
+
+def test_merge_options(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(['--merge', '--from-json', 'x.json'])
+    assert '--merge measures' in capsys.readouterr().err
+    # no earlier run to merge into: the error names the file
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(['--merge', '--out', str(tmp_path)])
+    assert str(tmp_path / 'eval' / 'eval.json') in capsys.readouterr().err
+    (tmp_path / 'eval').mkdir()
+    (tmp_path / 'eval' / 'eval.json').write_text(
+        json.dumps({'scale': 'full', 'figures': ['dd']}))
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(['--merge', '--quick', '--out', str(tmp_path)])
+    assert 'a --full run, this one --quick' in capsys.readouterr().err
+    args = evaluation.parse_args(['--merge', '--full', '--figures', 'nfs',
+                                  '--out', str(tmp_path)])
+    assert args.merge_base['figures'] == ['dd']
+    assert args.figures == ['nfs']
