@@ -26,6 +26,7 @@
 #include "sysemu/block-backend.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
+#include "qcow2-table-read-ahead.h"
 #include "trace.h"
 
 /* The chain below a layer, gathered and checked once per operation */
@@ -559,13 +560,14 @@ static int bi_write_tables(BlockDriverState *bs, uint8_t *buf,
  * entries for the @n clusters from @first on (one whole L2 table) follow
  * from the parent's entries alone: a cluster the parent holds is at the
  * parent's depth, any other carries the parent's index.  Read the parent's
- * table straight into @table (bypassing its L2 cache, which the caller
- * wrote back) and turn it into the new top's table in place.  Returns 1 if
+ * table through @ra (from its file, bypassing its L2 cache, which the
+ * caller wrote back) and turn it into the new top's table.  Returns 1 if
  * done, 0 if this table needs the generic walk (no trusted qcow2 parent,
  * or an entry whose index the parent could not carry), or -errno.
  */
-static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
-                                uint64_t *table, bool *any, Error **errp)
+static int bi_copy_parent_table(BiChain *c, Qcow2TableReadAhead *ra,
+                                uint64_t first, unsigned n, uint64_t *table,
+                                bool *any, Error **errp)
 {
     BDRVQcow2State *s = c->top->opaque;
     BlockDriverState *parent = c->layer[1];
@@ -574,6 +576,7 @@ static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
     uint64_t pend = qcow2_bi_layer_size(parent) >> s->cluster_bits;
     uint64_t l1_index = first >> s->l2_bits;
     uint64_t l2_offset, held, held_entry;
+    const uint64_t *src;
     unsigned i, inside;
     int ret;
 
@@ -587,10 +590,8 @@ static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
     if (offset_into_cluster(ps, l2_offset)) {
         return 0;   /* let the generic path report it */
     }
-    ret = bdrv_pread(parent->file, l2_offset, s->cluster_size, table, 0);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not read an L2 table of '%s'",
-                         parent->filename);
+    ret = qcow2_table_read_ahead_get(ra, l1_index, &src, errp);
+    if (ret <= 0) {
         return ret;
     }
     /*
@@ -606,12 +607,12 @@ static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
     for (i = 0; i < inside; i++) {
         unsigned d;
 
-        if (table[i] & held) {
+        if (src[i] & held) {
             table[i] = held_entry;  /* compressed, zero or data */
             *any = true;
             continue;
         }
-        d = qcow2_bi_get(be64_to_cpu(table[i]));
+        d = qcow2_bi_get(be64_to_cpu(src[i]));
         if (d >= pdepth) {
             return 0;   /* not an index the parent can carry */
         }
@@ -624,14 +625,31 @@ static int bi_copy_parent_table(BiChain *c, uint64_t first, unsigned n,
 }
 
 /*
+ * Resolved tables could not be made: reads are right without them, only
+ * slower, so it is a warning and the index goes on
+ */
+static void bi_resolved_failed(BlockDriverState *bs, Qcow2BirBuild **resolved,
+                               Error *err)
+{
+    warn_reportf_err(err, "'%s' has no resolved L2 tables: ", bs->filename);
+    qcow2_bir_build_free(*resolved, false);
+    *resolved = NULL;
+}
+
+/*
  * The fast path of an L2 copy into a new image (no L2 tables yet): compute
  * whole L2 tables in memory, allocate them in batches of contiguous
  * clusters, write each batch with one request, then write the L1 table
  * once and flush once.  The generic path allocates table by table, with
  * three flushes each.  The image is not valid until the caller sets the
  * bit, so a crash halfway leaves an unused index (and leaked clusters).
+ * The resolved tables are computed from the new tables as they are made,
+ * written in batches too, and put on disk with them: *@resolved is for
+ * the caller to end (qcow2_bir_build_free) once the header names them;
+ * on failure it is ended here and NULL.
  */
-static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
+static int bi_write_fresh(BiChain *c, BiWalkStats *st,
+                          Qcow2BirBuild **resolved, Error **errp)
 {
     BlockDriverState *bs = c->top;
     BDRVQcow2State *s = bs->opaque;
@@ -647,15 +665,20 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
     uint8_t *buf = qemu_blockalign(bs, (size_t)batch_max * s->cluster_size);
     bool copy = c->parent_trusted && c->n > 1 &&
                 qcow2_bi_is_qcow2(c->layer[1]);
+    Qcow2TableReadAhead ra = { 0 };
     unsigned nb = 0, i;
     uint64_t first;
+    Error *local_err = NULL;
     int ret = 0;
 
     memset(st, 0, sizeof(*st));
+    *resolved = qcow2_bir_build_start(bs, c->n);
     if (copy) {
         BDRVQcow2State *ps = c->layer[1]->opaque;
 
         /* The parent's tables are read from its file, not its cache */
+        qcow2_table_read_ahead_init(&ra, c->layer[1], c->layer[1]->file,
+                                    ps->l1_table, ps->l1_size, batch_max);
         ret = qcow2_cache_write(c->layer[1], ps->l2_table_cache);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Could not write back the L2 "
@@ -668,7 +691,8 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
         uint64_t *table = (uint64_t *)(buf + (size_t)nb * s->cluster_size);
         bool any = false;
 
-        ret = copy ? bi_copy_parent_table(c, first, n, table, &any, errp)
+        ret = copy ? bi_copy_parent_table(c, &ra, first, n, table, &any,
+                                          errp)
                    : 0;
         if (ret < 0) {
             goto out;
@@ -690,6 +714,11 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
         for (i = 0; i < n; i++) {
             st->entries_changed += table[i] != 0;
         }
+        if (*resolved &&
+            qcow2_bir_build_add(*resolved, first / per_table, table, n,
+                                &local_err) < 0) {
+            bi_resolved_failed(bs, resolved, local_err);
+        }
         l1_index[nb++] = first / per_table;
         st->slices_written++;
         if (nb == batch_max) {
@@ -708,6 +737,9 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
     }
     if (!st->slices_written) {
         goto out;
+    }
+    if (*resolved && qcow2_bir_build_finish(*resolved, &local_err) < 0) {
+        bi_resolved_failed(bs, resolved, local_err);
     }
 
     /* The refcounts of the new tables before the L1 table that uses them */
@@ -734,6 +766,11 @@ static int bi_write_fresh(BiChain *c, BiWalkStats *st, Error **errp)
                          bs->filename);
     }
 out:
+    if (ret < 0) {
+        qcow2_bir_build_free(*resolved, false);
+        *resolved = NULL;
+    }
+    qcow2_table_read_ahead_destroy(&ra);
     qemu_vfree(buf);
     return ret;
 }
@@ -785,11 +822,6 @@ int qcow2_bi_check_strippable(BlockDriverState *bs, Error **errp)
 }
 
 /*
- * Compute the index of @bs from the chain it has in the graph, write it
- * into every L2 entry, and mark it valid.  @bs must be writable and its
- * chain quiescent.
- */
-/*
  * The resolved L2 tables of @bs, whose index was just built: without them
  * reads are right, only slower, so a failure is a warning
  */
@@ -803,9 +835,16 @@ static void bi_build_resolved(BlockDriverState *bs)
     }
 }
 
+/*
+ * Compute the index of @bs from the chain it has in the graph, write it
+ * into every L2 entry, and mark it valid.  @bs must be writable and its
+ * chain quiescent.
+ */
 int qcow2_bi_build(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
+    Qcow2BirBuild *resolved = NULL;
+    bool fresh, kept = false;
     BiChain c;
     BiWalkStats st;
     int ret;
@@ -821,8 +860,9 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         goto out;
     }
 
-    if (bi_has_no_l2_tables(bs) && !has_subclusters(s)) {
-        ret = bi_write_fresh(&c, &st, errp);
+    fresh = bi_has_no_l2_tables(bs) && !has_subclusters(s);
+    if (fresh) {
+        ret = bi_write_fresh(&c, &st, &resolved, errp);
     } else {
         ret = bi_walk(&c, BI_WRITE, &st, errp);
     }
@@ -834,14 +874,19 @@ int qcow2_bi_build(BlockDriverState *bs, Error **errp)
         goto out;
     }
 
+    /* The header names the resolved tables of a fresh build too */
     ret = bi_finish(&c, errp);
     if (ret < 0) {
         goto out;
     }
+    kept = true;
     trace_qcow2_bi_build(bs, c.n, c.parent_trusted, st.slices_written,
                          st.entries_changed);
-    bi_build_resolved(bs);
+    if (!fresh) {
+        bi_build_resolved(bs);
+    }
 out:
+    qcow2_bir_build_free(resolved, kept);
     bi_chain_free(&c);
     return ret;
 }

@@ -33,6 +33,7 @@
 #include "qemu/memalign.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
+#include "qcow2-table-read-ahead.h"
 #include "trace.h"
 
 /*
@@ -265,15 +266,14 @@ int qcow2_bir_drop(BlockDriverState *bs, Error **errp)
 }
 
 /*
- * Read the whole L2 table @t of layer @l into @e (host byte order): 1 if
- * read, 0 if @l has none there, or -errno
+ * Read the whole L2 table @t of layer @l into @e (big-endian, as on disk):
+ * 1 if read, 0 if @l has none there, or -errno
  */
-static int bir_read_l2(BlockDriverState *l, uint64_t t, uint64_t *e,
-                       Error **errp)
+static int bir_read_l2_be(BlockDriverState *l, uint64_t t, uint64_t *e,
+                          Error **errp)
 {
     BDRVQcow2State *ls = l->opaque;
     uint64_t offset = t < ls->l1_size ? ls->l1_table[t] & L1E_OFFSET_MASK : 0;
-    unsigned i;
     int ret;
 
     if (!offset || offset_into_cluster(ls, offset)) {
@@ -285,10 +285,21 @@ static int bir_read_l2(BlockDriverState *l, uint64_t t, uint64_t *e,
                          l->filename);
         return ret;
     }
-    for (i = 0; i < ls->l2_size; i++) {
+    return 1;
+}
+
+/* The same in host byte order */
+static int bir_read_l2(BlockDriverState *l, uint64_t t, uint64_t *e,
+                       Error **errp)
+{
+    BDRVQcow2State *ls = l->opaque;
+    int ret = bir_read_l2_be(l, t, e, errp);
+    unsigned i;
+
+    for (i = 0; ret > 0 && i < ls->l2_size; i++) {
         e[i] = be64_to_cpu(e[i]);
     }
-    return 1;
+    return ret;
 }
 
 /* Whether layer @l has an L2 table for L1 index @t */
@@ -300,7 +311,8 @@ static bool bir_has_l2(BlockDriverState *l, uint64_t t)
 }
 
 /* What a resolved table keeps of the L2 entry @e of the layer at @depth */
-static uint64_t bir_entry(BlockDriverState *l, uint64_t e, unsigned depth)
+static inline uint64_t bir_entry(BlockDriverState *l, uint64_t e,
+                                 unsigned depth)
 {
     BDRVQcow2State *ls = l->opaque;
 
@@ -321,10 +333,12 @@ static uint64_t bir_entry(BlockDriverState *l, uint64_t e, unsigned depth)
  * For each of the @n clusters of L1 index @t whose @want[i] names a layer
  * (else 0), set @out[i] from that layer's L2 table: what a resolved table
  * keeps of it.  Each layer named is read once; @scratch holds a cluster.
+ * The grandparent's tables (depth - 2) are read through @gp if given.
  */
 static int bir_from_layers(BlockDriverState *const *layer, unsigned depth,
                            uint64_t t, unsigned n, const uint16_t *want,
-                           uint64_t *out, uint64_t *scratch, Error **errp)
+                           uint64_t *out, uint64_t *scratch,
+                           Qcow2TableReadAhead *gp, Error **errp)
 {
     g_autofree unsigned *lo = g_new(unsigned, depth);
     g_autofree unsigned *hi = g_new0(unsigned, depth);
@@ -345,14 +359,20 @@ static int bir_from_layers(BlockDriverState *const *layer, unsigned depth,
         hi[d] = i + 1;
     }
     for (j = 0; j < nb_touched; j++) {
+        const uint64_t *be = scratch;
+
         d = touched[j];
-        ret = bir_read_l2(layer[d], t, scratch, errp);
+        if (gp && d == depth - 2) {
+            ret = qcow2_table_read_ahead_get(gp, t, &be, errp);
+        } else {
+            ret = bir_read_l2_be(layer[d], t, scratch, errp);
+        }
         if (ret < 0) {
             return ret;
         }
         for (i = lo[d]; i < hi[d]; i++) {
             if (want[i] == d) {
-                out[i] = ret ? bir_entry(layer[d], scratch[i], d) : 0;
+                out[i] = ret ? bir_entry(layer[d], be64_to_cpu(be[i]), d) : 0;
             }
         }
     }
@@ -403,7 +423,7 @@ static bool bir_reusable(BlockDriverState *p, BlockDriverState *const *layer,
     return !memcmp(id, ps->bir_ext.chain_id, QCOW2_BI_ID_SIZE);
 }
 
-/* Allocate a cluster of @bs and write @buf (@len bytes) there */
+/* Allocate clusters of @bs for @len bytes and write @buf there */
 static int64_t bir_write_new(BlockDriverState *bs, const void *buf,
                              uint64_t len, Error **errp)
 {
@@ -431,133 +451,359 @@ static int64_t bir_write_new(BlockDriverState *bs, const void *buf,
 }
 
 /*
- * Write the resolved tables of @bs, whose index was just built and is
- * valid, with the chain below quiescent.  Entries come from the parent's
- * own resolved tables where they still describe this chain, else from the
- * L2 tables of the layers that hold the clusters (for a snapshot: the
- * grandparent's only).  Nothing is written for a chain of fewer than four
- * layers, or where a table would hold nothing.
+ * Resolved tables being computed, table by table, for a layer whose index
+ * entries are known (qcow2_bir_build, or an L2 copy that hands over each
+ * new L2 table as it computes it).  Tables are written in batches of
+ * contiguous clusters, as the L2 copy writes its own.
  */
-int qcow2_bir_build(BlockDriverState *bs, Error **errp)
+struct Qcow2BirBuild {
+    BlockDriverState *bs;
+    unsigned depth;
+    BlockDriverState **layer;   /* layer[d]: the layer at depth d */
+    bool reuse;                 /* the parent's own tables describe it */
+    bool covered;               /* see qcow2_bir_build_needs() */
+    uint64_t n_l1;
+    uint64_t *rl1;              /* host order: each table written, or 0 */
+    uint16_t *want;             /* per entry: depth to resolve, or 0 */
+    uint64_t *scratch;          /* one cluster */
+    Qcow2TableReadAhead parent; /* the parent's resolved tables, if reuse */
+    Qcow2TableReadAhead gp;     /* the grandparent's L2 tables */
+    uint8_t *batch;             /* tables not written yet, big-endian */
+    uint64_t *batch_t;          /* their L1 indexes */
+    unsigned nb, batch_max;
+    int64_t l1_offset;          /* the resolved L1 table, once written */
+    bool done;                  /* finished: @bs names them in memory */
+    unsigned n_tables;
+    unsigned single;            /* tables whose entries name one layer */
+    uint64_t entries, reused;
+};
+
+/*
+ * Start the resolved tables of @bs, a layer at @depth in its chain, which
+ * has none (any old ones were dropped).  NULL if the chain needs none:
+ * fewer than four layers, or one the tables cannot describe.
+ */
+Qcow2BirBuild *qcow2_bir_build_start(BlockDriverState *bs, unsigned depth)
 {
     BDRVQcow2State *s = bs->opaque;
-    unsigned depth = s->bi_ext.depth, d, n_tables = 0;
-    uint64_t nb_clusters, t, n_l1, entries = 0, reused = 0;
-    g_autofree BlockDriverState **layer = NULL;
-    g_autofree uint64_t *rl1 = NULL;
-    g_autofree uint64_t *rl1_be = NULL;
-    g_autofree uint16_t *want = NULL;
-    uint64_t *own = NULL, *out = NULL, *scratch = NULL;
-    bool reuse, covered;
-    int64_t l1_offset;
-    uint64_t l1_bytes;
-    int ret;
+    Qcow2BirBuild *b;
+    BlockDriverState **layer;
 
-    ret = qcow2_bir_drop(bs, errp);
-    if (ret < 0 || depth < 4 ||
-        !(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
-        return ret;
+    if (depth < 4) {
+        return NULL;
     }
     layer = bir_layers(bs, depth);
     if (!layer) {
-        return 0;   /* not a chain the tables can describe */
+        return NULL;
     }
-    reuse = bir_reusable(layer[depth - 1], layer, depth - 1);
+    b = g_new0(Qcow2BirBuild, 1);
+    b->bs = bs;
+    b->depth = depth;
+    b->layer = layer;
+    b->reuse = bir_reusable(layer[depth - 1], layer, depth - 1);
     /*
      * The parent's own resolved entries cover its middle layers (2 to
      * depth - 3) when it has them, and there are none when it is at depth
      * 3: then only a table that the parent's tables or the grandparent's
-     * L2 tables name can hold anything, and the others are not even read.
+     * L2 tables name can hold anything.
      */
-    covered = reuse || depth - 1 < 4;
+    b->covered = b->reuse || depth - 1 < 4;
+    b->n_l1 = DIV_ROUND_UP(DIV_ROUND_UP(qcow2_bi_layer_size(bs),
+                                        s->cluster_size), s->l2_size);
+    b->rl1 = g_new0(uint64_t, b->n_l1);
+    b->want = g_new(uint16_t, s->l2_size);
+    b->scratch = qemu_blockalign(bs, s->cluster_size);
+    /* As the L2 copy: small enough to be reused from the CPU cache */
+    b->batch_max = MAX(1, (2 * MiB) / s->cluster_size);
+    b->batch = qemu_blockalign(bs, (size_t)b->batch_max * s->cluster_size);
+    b->batch_t = g_new(uint64_t, b->batch_max);
+    b->l1_offset = -1;
+    if (b->reuse) {
+        BDRVQcow2State *ps = layer[depth - 1]->opaque;
 
+        qcow2_table_read_ahead_init(&b->parent, layer[depth - 1],
+                                    layer[depth - 1]->file, ps->bir_l1,
+                                    ps->bir_ext.l1_size, b->batch_max);
+    }
+    if (qcow2_bi_is_qcow2(layer[depth - 2])) {
+        BDRVQcow2State *gs = layer[depth - 2]->opaque;
+
+        qcow2_table_read_ahead_init(&b->gp, layer[depth - 2],
+                                    layer[depth - 2]->file, gs->l1_table,
+                                    gs->l1_size, b->batch_max);
+    }
+    return b;
+}
+
+/*
+ * Whether the table for L1 index @t can hold anything; when not, the
+ * layer's own L2 table there need not even be read
+ */
+static bool bir_build_needs(Qcow2BirBuild *b, uint64_t t)
+{
+    unsigned depth = b->depth;
+
+    return !b->covered ||
+           (b->reuse && bir_table(b->layer[depth - 1]->opaque, t)) ||
+           (depth - 2 >= 2 && bir_has_l2(b->layer[depth - 2], t));
+}
+
+/* Write the tables of the batch into new clusters */
+static int bir_write_batch(Qcow2BirBuild *b, Error **errp)
+{
+    BDRVQcow2State *s = b->bs->opaque;
+    int64_t offset;
+    unsigned i;
+
+    if (!b->nb) {
+        return 0;
+    }
+    offset = bir_write_new(b->bs, b->batch,
+                           (uint64_t)b->nb * s->cluster_size, errp);
+    if (offset < 0) {
+        return offset;
+    }
+    for (i = 0; i < b->nb; i++) {
+        b->rl1[b->batch_t[i]] = offset + (uint64_t)i * s->cluster_size;
+    }
+    b->nb = 0;
+    return 0;
+}
+
+/*
+ * The resolved table for L1 index @t, given the layer's own L2 entries of
+ * its @n clusters there (@own, big-endian, as on disk).  Where every entry
+ * to resolve names the same layer, no table is kept: a read corrects from
+ * that layer, one L2 read of it per slice, which is what reading a
+ * resolved table would cost.  Otherwise entries come from the parent's
+ * own resolved table where it still describes this chain, else from the
+ * L2 tables of the layers that hold the clusters (for a snapshot: the
+ * grandparent's only).  Nothing is kept where a table would hold nothing.
+ */
+int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
+                        unsigned n, Error **errp)
+{
+    BlockDriverState *bs = b->bs;
+    BDRVQcow2State *s = bs->opaque;
+    unsigned depth = b->depth, i, d, left = 0, written = 0;
+    uint16_t *want = b->want;
+    const uint64_t not_index = cpu_to_be64(~QCOW2_BI_MASK);
+    unsigned only = 0;
+    bool mixed = false;
+    uint64_t *out;
+    int ret;
+
+    assert(t < b->n_l1 && n <= s->l2_size && !b->done);
+    assert(b->nb < b->batch_max);   /* a failed batch write ends the build */
+    for (i = 0; i < n; i++) {
+        /* A cluster left to a lower layer: nothing but index bits */
+        d = own[i] & not_index ? 0 : qcow2_bi_get(be64_to_cpu(own[i]));
+        want[i] = d >= 2 && d + 1 < depth ? d : 0;
+        if (want[i]) {
+            mixed |= only && only != d;
+            only = d;
+            left++;
+        }
+    }
+    if (!left) {
+        return 0;
+    }
+    if (!mixed) {
+        b->single++;
+        return 0;
+    }
+    out = (uint64_t *)(b->batch + (size_t)b->nb * s->cluster_size);
+    memset(out, 0, s->cluster_size);
+
+    if (b->reuse) {
+        const uint64_t *p_table;
+
+        ret = qcow2_table_read_ahead_get(&b->parent, t, &p_table, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret) {
+            for (i = 0; i < n; i++) {
+                uint64_t e = be64_to_cpu(p_table[i]);
+
+                if (want[i] && qcow2_bi_get(e) == want[i]) {
+                    out[i] = e;
+                    want[i] = 0;
+                    left--;
+                    b->reused++;
+                }
+            }
+        }
+    }
+
+    /* The rest from the L2 tables of the layers that hold them */
+    if (left) {
+        ret = bir_from_layers(b->layer, depth, t, n, want, out, b->scratch,
+                              b->gp.bs ? &b->gp : NULL, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        written += out[i] != 0;
+        out[i] = cpu_to_be64(out[i]);
+    }
+    if (!written) {
+        return 0;
+    }
+    b->batch_t[b->nb++] = t;
+    b->n_tables++;
+    b->entries += written;
+    return b->nb == b->batch_max ? bir_write_batch(b, errp) : 0;
+}
+
+/*
+ * Write what is left of the tables and the resolved L1 table, and make
+ * them @bs's in memory (extension and autoclear bit 17).  The caller puts
+ * them on disk (refcounts, flush) before it writes the header that names
+ * them.  Nothing is named if no table holds anything.
+ */
+int qcow2_bir_build_finish(Qcow2BirBuild *b, Error **errp)
+{
+    BlockDriverState *bs = b->bs;
+    BDRVQcow2State *s = bs->opaque;
+    g_autofree uint64_t *rl1_be = NULL;
+    uint64_t l1_bytes, t;
+    int ret;
+
+    ret = bir_write_batch(b, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!b->n_tables) {
+        trace_qcow2_bir_build(bs, b->depth, 0, b->single, 0, 0);
+        return 0;
+    }
+    /*
+     * Whole clusters, as every other table: a file that ends in a cluster
+     * written only in part looks metadata-preallocated to the block
+     * status heuristics (more clusters referenced than the file holds)
+     */
+    l1_bytes = ROUND_UP(b->n_l1 * L1E_SIZE, s->cluster_size);
+    rl1_be = g_malloc0(l1_bytes);
+    for (t = 0; t < b->n_l1; t++) {
+        rl1_be[t] = cpu_to_be64(b->rl1[t]);
+    }
+    b->l1_offset = bir_write_new(bs, rl1_be, l1_bytes, errp);
+    if (b->l1_offset < 0) {
+        return b->l1_offset;
+    }
+    assert(!s->bir_present);    /* the old tables were dropped first */
+    qcow2_bir_close(bs);
+    s->bir_present = true;
+    s->bir_ext.depth = b->depth;
+    s->bir_ext.l1_offset = b->l1_offset;
+    s->bir_ext.l1_size = b->n_l1;
+    qcow2_bir_chain_id(b->layer, b->depth, s->bir_ext.chain_id);
+    s->bir_l1 = g_memdup2(b->rl1, b->n_l1 * sizeof(uint64_t));
+    s->autoclear_features |= QCOW2_AUTOCLEAR_BI_RESOLVED;
+    b->done = true;
+    trace_qcow2_bir_build(bs, b->depth, b->n_tables, b->single, b->entries,
+                          b->reused);
+    return 0;
+}
+
+/*
+ * End a build.  With @kept, the header names the tables: from now on they
+ * are @bs's to drop (qcow2_bir_drop).  Otherwise @bs forgets them; their
+ * clusters are given back if the build failed before it finished, and
+ * leak after that (a header write that failed may still have reached the
+ * disk and name them: reusing them could make a later open read other
+ * data as resolved entries; qemu-img check -r leaks reclaims them).
+ */
+void qcow2_bir_build_free(Qcow2BirBuild *b, bool kept)
+{
+    BDRVQcow2State *s;
+    uint64_t t;
+
+    if (!b) {
+        return;
+    }
+    s = b->bs->opaque;
+    if (b->done && !kept) {
+        qcow2_bir_close(b->bs);
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
+    } else if (!b->done) {
+        for (t = 0; t < b->n_l1; t++) {
+            if (b->rl1[t]) {
+                qcow2_free_clusters(b->bs, b->rl1[t], s->cluster_size,
+                                    QCOW2_DISCARD_OTHER);
+            }
+        }
+        if (b->l1_offset > 0) {
+            qcow2_free_clusters(b->bs, b->l1_offset,
+                                ROUND_UP(b->n_l1 * L1E_SIZE,
+                                         s->cluster_size),
+                                QCOW2_DISCARD_OTHER);
+        }
+    }
+    qcow2_table_read_ahead_destroy(&b->parent);
+    qcow2_table_read_ahead_destroy(&b->gp);
+    g_free(b->layer);
+    g_free(b->rl1);
+    g_free(b->want);
+    qemu_vfree(b->scratch);
+    qemu_vfree(b->batch);
+    g_free(b->batch_t);
+    g_free(b);
+}
+
+/*
+ * Write the resolved tables of @bs, whose index was just built and is
+ * valid, with the chain below quiescent: its own L2 tables are read back,
+ * those that can lead to anything only.  Nothing is written for a chain
+ * of fewer than four layers, or where a table would hold nothing.
+ */
+int qcow2_bir_build(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t nb_clusters, t;
+    Qcow2BirBuild *b;
+    uint64_t *own;
+    bool kept = false;
+    int ret;
+
+    ret = qcow2_bir_drop(bs, errp);
+    if (ret < 0 ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BACKING_INDEX)) {
+        return ret;
+    }
+    b = qcow2_bir_build_start(bs, s->bi_ext.depth);
+    if (!b) {
+        return 0;   /* not a chain the tables can describe */
+    }
     nb_clusters = DIV_ROUND_UP(qcow2_bi_layer_size(bs), s->cluster_size);
-    n_l1 = DIV_ROUND_UP(nb_clusters, s->l2_size);
-    rl1 = g_new0(uint64_t, n_l1);
-    want = g_new(uint16_t, s->l2_size);
     own = qemu_blockalign(bs, s->cluster_size);
-    out = qemu_blockalign(bs, s->cluster_size);
-    scratch = qemu_blockalign(bs, s->cluster_size);
+    for (t = 0; t < b->n_l1; t++) {
+        uint64_t offset = t < s->l1_size ? s->l1_table[t] & L1E_OFFSET_MASK
+                                         : 0;
 
-    for (t = 0; t < n_l1; t++) {
-        uint64_t first = t << s->l2_bits;
-        unsigned n = MIN(s->l2_size, nb_clusters - first);
-        unsigned i, left = 0, written = 0;
-        int64_t offset;
-
-        if (covered &&
-            !(reuse && bir_table(layer[depth - 1]->opaque, t)) &&
-            !(depth - 2 >= 2 && bir_has_l2(layer[depth - 2], t))) {
+        if (!bir_build_needs(b, t) || !offset ||
+            offset_into_cluster(s, offset)) {
             continue;
         }
-        ret = bir_read_l2(bs, t, own, errp);
-        if (ret <= 0) {
-            if (ret < 0) {
-                goto out;
-            }
-            continue;
+        ret = bdrv_pread(bs->file, offset, s->cluster_size, own, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not read an L2 table of "
+                             "'%s'", bs->filename);
+            goto out;
         }
-        for (i = 0; i < n; i++) {
-            d = qcow2_get_cluster_type(bs, own[i]) ==
-                QCOW2_CLUSTER_UNALLOCATED ? qcow2_bi_get(own[i]) : 0;
-            want[i] = d >= 2 && d + 1 < depth ? d : 0;
-            left += want[i] != 0;
-        }
-        if (!left) {
-            continue;
-        }
-        memset(out, 0, s->cluster_size);
-
-        if (reuse) {
-            BDRVQcow2State *ps = layer[depth - 1]->opaque;
-            uint64_t p_offset = bir_table(ps, t);
-
-            if (p_offset) {
-                ret = bdrv_pread(layer[depth - 1]->file, p_offset,
-                                 s->cluster_size, scratch, 0);
-                if (ret < 0) {
-                    error_setg_errno(errp, -ret, "Could not read a resolved "
-                                     "L2 table of '%s'",
-                                     layer[depth - 1]->filename);
-                    goto out;
-                }
-                for (i = 0; i < n; i++) {
-                    uint64_t e = be64_to_cpu(scratch[i]);
-
-                    if (want[i] && qcow2_bi_get(e) == want[i]) {
-                        out[i] = e;
-                        want[i] = 0;
-                        left--;
-                        reused++;
-                    }
-                }
-            }
-        }
-
-        /* The rest from the L2 tables of the layers that hold them */
-        ret = bir_from_layers(layer, depth, t, n, want, out, scratch, errp);
+        ret = qcow2_bir_build_add(b, t, own,
+                                  MIN(s->l2_size,
+                                      nb_clusters - (t << s->l2_bits)),
+                                  errp);
         if (ret < 0) {
             goto out;
         }
-
-        for (i = 0; i < n; i++) {
-            written += out[i] != 0;
-            out[i] = cpu_to_be64(out[i]);
-        }
-        if (!written) {
-            continue;
-        }
-        offset = bir_write_new(bs, out, s->cluster_size, errp);
-        if (offset < 0) {
-            ret = offset;
-            goto out;
-        }
-        rl1[t] = offset;
-        n_tables++;
-        entries += written;
     }
-    ret = 0;
-    if (!n_tables) {
+    ret = qcow2_bir_build_finish(b, errp);
+    if (ret < 0 || !b->done) {
         goto out;
     }
 
@@ -566,54 +812,17 @@ int qcow2_bir_build(BlockDriverState *bs, Error **errp)
     if (ret < 0) {
         goto out;
     }
-    /*
-     * Whole clusters, as every other table: a file that ends in a cluster
-     * written only in part looks metadata-preallocated to the block
-     * status heuristics (more clusters referenced than the file holds)
-     */
-    l1_bytes = ROUND_UP(n_l1 * L1E_SIZE, s->cluster_size);
-    rl1_be = g_malloc0(l1_bytes);
-    for (t = 0; t < n_l1; t++) {
-        rl1_be[t] = cpu_to_be64(rl1[t]);
-    }
-    l1_offset = bir_write_new(bs, rl1_be, l1_bytes, errp);
-    if (l1_offset < 0) {
-        ret = l1_offset;
-        goto out;
-    }
     ret = bdrv_flush(bs->file->bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not write the resolved L2 tables "
                          "of '%s'", bs->filename);
         goto out;
     }
-    s->bir_present = true;
-    s->bir_ext.depth = depth;
-    s->bir_ext.l1_offset = l1_offset;
-    s->bir_ext.l1_size = n_l1;
-    qcow2_bir_chain_id(layer, depth, s->bir_ext.chain_id);
-    s->bir_l1 = g_steal_pointer(&rl1);
-    s->autoclear_features |= QCOW2_AUTOCLEAR_BI_RESOLVED;
     ret = qcow2_bi_write_header(bs, errp);
-    if (ret < 0) {
-        qcow2_bir_close(bs);
-        s->autoclear_features &= ~QCOW2_AUTOCLEAR_BI_RESOLVED;
-        goto out;
-    }
-    trace_qcow2_bir_build(bs, depth, n_tables, entries, reused);
+    kept = ret >= 0;
 out:
-    if (ret < 0 && n_tables && !s->bir_present) {
-        /* Nothing names them: give them back */
-        for (t = 0; rl1 && t < n_l1; t++) {
-            if (rl1[t]) {
-                qcow2_free_clusters(bs, rl1[t], s->cluster_size,
-                                    QCOW2_DISCARD_OTHER);
-            }
-        }
-    }
     qemu_vfree(own);
-    qemu_vfree(out);
-    qemu_vfree(scratch);
+    qcow2_bir_build_free(b, kept);
     return ret;
 }
 
@@ -774,7 +983,7 @@ int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
                       qcow2_bi_get(stored[i]) == d ? d : 0;
         }
         ret = bir_from_layers(layer, depth, t, n, want, expect, scratch,
-                              &local_err);
+                              NULL, &local_err);
         if (ret < 0) {
             goto out;
         }

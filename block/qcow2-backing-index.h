@@ -216,6 +216,13 @@ void qcow2_bir_close(BlockDriverState *bs);
 bool qcow2_bir_own(BlockDriverState *bs);
 int qcow2_bir_drop(BlockDriverState *bs, Error **errp);
 int qcow2_bir_build(BlockDriverState *bs, Error **errp);
+/* Resolved tables computed table by table alongside an index build */
+typedef struct Qcow2BirBuild Qcow2BirBuild;
+Qcow2BirBuild *qcow2_bir_build_start(BlockDriverState *bs, unsigned depth);
+int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
+                        unsigned n, Error **errp);
+int qcow2_bir_build_finish(Qcow2BirBuild *b, Error **errp);
+void qcow2_bir_build_free(Qcow2BirBuild *b, bool kept);
 bool qcow2_bir_matches(BlockDriverState *bs, BlockDriverState *const *layer,
                        unsigned depth);
 int coroutine_fn qcow2_bir_co_read(BlockDriverState *bs, uint64_t first,
