@@ -31,6 +31,7 @@
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "qemu/memalign.h"
+#include "block/aio_task.h"
 #include "qcow2.h"
 #include "qcow2-backing-index.h"
 #include "qcow2-table-read-ahead.h"
@@ -329,22 +330,112 @@ static inline uint64_t bir_entry(BlockDriverState *l, uint64_t e,
     return qcow2_bi_set(e, depth);
 }
 
+/* Layers whose L2 tables bir_from_layers() reads at once */
+#define BIR_READ_WORKERS 4
+
+/* Buffers for the tables that bir_from_layers() reads at once */
+typedef struct BirScratch {
+    uint64_t *buf[BIR_READ_WORKERS];    /* one cluster each */
+} BirScratch;
+
+static void bir_scratch_init(BirScratch *sc, BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    unsigned i;
+
+    for (i = 0; i < BIR_READ_WORKERS; i++) {
+        sc->buf[i] = qemu_blockalign(bs, s->cluster_size);
+    }
+}
+
+static void bir_scratch_destroy(BirScratch *sc)
+{
+    unsigned i;
+
+    for (i = 0; i < BIR_READ_WORKERS; i++) {
+        qemu_vfree(sc->buf[i]);
+        sc->buf[i] = NULL;
+    }
+}
+
+/* One layer's L2 table @t, read into @buf or through @ra */
+typedef struct BirRead {
+    BlockDriverState *l;
+    Qcow2TableReadAhead *ra;
+    uint64_t t;
+    uint64_t *buf;
+    const uint64_t *be;         /* the table read (big-endian), or NULL */
+    int ret;                    /* 1 read, 0 none there, -errno */
+    Error *err;
+} BirRead;
+
+static void bir_read(BirRead *r)
+{
+    r->be = r->buf;
+    if (r->ra) {
+        r->ret = qcow2_table_read_ahead_get(r->ra, r->t, &r->be, &r->err);
+    } else {
+        r->ret = bir_read_l2_be(r->l, r->t, r->buf, &r->err);
+    }
+}
+
+typedef struct BirReadTask {
+    AioTask task;
+    BirRead *r;
+} BirReadTask;
+
+static int coroutine_fn bir_read_task(AioTask *task)
+{
+    BirRead *r = container_of(task, BirReadTask, task)->r;
+
+    bir_read(r);
+    return r->ret < 0 ? r->ret : 0;
+}
+
+/*
+ * Read the tables of @r[0 .. @n - 1]: at once in a coroutine (the reads
+ * wait for the storage, not for each other), else one after the other
+ */
+static void bir_read_all(BirRead *r, unsigned n)
+{
+    AioTaskPool *pool;
+    unsigned i;
+
+    if (n < 2 || !qemu_in_coroutine()) {
+        for (i = 0; i < n; i++) {
+            bir_read(&r[i]);
+        }
+        return;
+    }
+    pool = aio_task_pool_new(n);
+    for (i = 0; i < n; i++) {
+        BirReadTask *task = g_new(BirReadTask, 1);
+
+        *task = (BirReadTask) { .task.func = bir_read_task, .r = &r[i] };
+        aio_task_pool_start_task(pool, &task->task);
+    }
+    aio_task_pool_wait_all(pool);
+    aio_task_pool_free(pool);
+}
+
 /*
  * For each of the @n clusters of L1 index @t whose @want[i] names a layer
  * (else 0), set @out[i] from that layer's L2 table: what a resolved table
- * keeps of it.  Each layer named is read once; @scratch holds a cluster.
- * The grandparent's tables (depth - 2) are read through @gp if given.
+ * keeps of it.  Each layer named is read once, up to BIR_READ_WORKERS at
+ * a time, into @sc.  The grandparent's tables (depth - 2) are read
+ * through @gp if given.
  */
 static int bir_from_layers(BlockDriverState *const *layer, unsigned depth,
                            uint64_t t, unsigned n, const uint16_t *want,
-                           uint64_t *out, uint64_t *scratch,
+                           uint64_t *out, BirScratch *sc,
                            Qcow2TableReadAhead *gp, Error **errp)
 {
     g_autofree unsigned *lo = g_new(unsigned, depth);
     g_autofree unsigned *hi = g_new0(unsigned, depth);
     g_autofree unsigned *touched = g_new(unsigned, depth);
-    unsigned i, j, d, nb_touched = 0;
-    int ret;
+    BirRead r[BIR_READ_WORKERS];
+    unsigned i, j, k, d, m, nb_touched = 0;
+    int ret = 0;
 
     for (i = 0; i < n; i++) {
         d = want[i];
@@ -358,21 +449,38 @@ static int bir_from_layers(BlockDriverState *const *layer, unsigned depth,
         }
         hi[d] = i + 1;
     }
-    for (j = 0; j < nb_touched; j++) {
-        const uint64_t *be = scratch;
-
-        d = touched[j];
-        if (gp && d == depth - 2) {
-            ret = qcow2_table_read_ahead_get(gp, t, &be, errp);
-        } else {
-            ret = bir_read_l2_be(layer[d], t, scratch, errp);
+    for (j = 0; j < nb_touched; j += m) {
+        m = MIN(BIR_READ_WORKERS, nb_touched - j);
+        for (k = 0; k < m; k++) {
+            d = touched[j + k];
+            r[k] = (BirRead) {
+                .l = layer[d],
+                .ra = gp && d == depth - 2 ? gp : NULL,
+                .t = t,
+                .buf = sc->buf[k],
+            };
+        }
+        bir_read_all(r, m);
+        for (k = 0; k < m; k++) {
+            if (r[k].ret < 0 && ret == 0) {
+                error_propagate(errp, r[k].err);
+                ret = r[k].ret;
+            } else {
+                error_free(r[k].err);
+            }
         }
         if (ret < 0) {
             return ret;
         }
-        for (i = lo[d]; i < hi[d]; i++) {
-            if (want[i] == d) {
-                out[i] = ret ? bir_entry(layer[d], be64_to_cpu(be[i]), d) : 0;
+        for (k = 0; k < m; k++) {
+            const uint64_t *be = r[k].be;
+
+            d = touched[j + k];
+            for (i = lo[d]; i < hi[d]; i++) {
+                if (want[i] == d) {
+                    out[i] = r[k].ret ?
+                             bir_entry(layer[d], be64_to_cpu(be[i]), d) : 0;
+                }
             }
         }
     }
@@ -465,7 +573,7 @@ struct Qcow2BirBuild {
     uint64_t n_l1;
     uint64_t *rl1;              /* host order: each table written, or 0 */
     uint16_t *want;             /* per entry: depth to resolve, or 0 */
-    uint64_t *scratch;          /* one cluster */
+    BirScratch scratch;
     Qcow2TableReadAhead parent; /* the parent's resolved tables, if reuse */
     Qcow2TableReadAhead gp;     /* the grandparent's L2 tables */
     uint8_t *batch;             /* tables not written yet, big-endian */
@@ -474,7 +582,7 @@ struct Qcow2BirBuild {
     int64_t l1_offset;          /* the resolved L1 table, once written */
     bool done;                  /* finished: @bs names them in memory */
     unsigned n_tables;
-    unsigned single;            /* tables whose entries name one layer */
+    unsigned few;               /* tables left to the few layers named */
     uint64_t entries, reused;
 };
 
@@ -512,7 +620,7 @@ Qcow2BirBuild *qcow2_bir_build_start(BlockDriverState *bs, unsigned depth)
                                         s->cluster_size), s->l2_size);
     b->rl1 = g_new0(uint64_t, b->n_l1);
     b->want = g_new(uint16_t, s->l2_size);
-    b->scratch = qemu_blockalign(bs, s->cluster_size);
+    bir_scratch_init(&b->scratch, bs);
     /* As the L2 copy: small enough to be reused from the CPU cache */
     b->batch_max = MAX(1, (2 * MiB) / s->cluster_size);
     b->batch = qemu_blockalign(bs, (size_t)b->batch_max * s->cluster_size);
@@ -571,14 +679,25 @@ static int bir_write_batch(Qcow2BirBuild *b, Error **errp)
 }
 
 /*
+ * A table whose entries to resolve name at most this many middle layers
+ * is not kept: a read that misses a slice of it corrects from those
+ * layers, the parent and the base, at most BIR_FEW_LAYERS + 2 L2 reads
+ * that go out together (qcow2-direct-access.c runs 16 at once), where a
+ * resolved table costs one read of the top and then one of the parent
+ * and the base: one round of reads instead of two, a few more requests.
+ * Tables that name more layers are the ones a deep chain needs resolved:
+ * without them a slice miss reads one L2 slice per layer named.
+ */
+#define BIR_FEW_LAYERS 4
+
+/*
  * The resolved table for L1 index @t, given the layer's own L2 entries of
- * its @n clusters there (@own, big-endian, as on disk).  Where every entry
- * to resolve names the same layer, no table is kept: a read corrects from
- * that layer, one L2 read of it per slice, which is what reading a
- * resolved table would cost.  Otherwise entries come from the parent's
- * own resolved table where it still describes this chain, else from the
- * L2 tables of the layers that hold the clusters (for a snapshot: the
- * grandparent's only).  Nothing is kept where a table would hold nothing.
+ * its @n clusters there (@own, big-endian, as on disk).  Where the entries
+ * to resolve name few layers (BIR_FEW_LAYERS), no table is kept.
+ * Otherwise entries come from the parent's own resolved table where it
+ * still describes this chain, else from the L2 tables of the layers that
+ * hold the clusters (for a snapshot: the grandparent's only).  Nothing is
+ * kept where a table would hold nothing.
  */
 int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
                         unsigned n, Error **errp)
@@ -588,8 +707,7 @@ int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
     unsigned depth = b->depth, i, d, left = 0, written = 0;
     uint16_t *want = b->want;
     const uint64_t not_index = cpu_to_be64(~QCOW2_BI_MASK);
-    unsigned only = 0;
-    bool mixed = false;
+    unsigned named[BIR_FEW_LAYERS + 1], nb_named = 0, last = 0, k;
     uint64_t *out;
     int ret;
 
@@ -599,17 +717,26 @@ int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
         /* A cluster left to a lower layer: nothing but index bits */
         d = own[i] & not_index ? 0 : qcow2_bi_get(be64_to_cpu(own[i]));
         want[i] = d >= 2 && d + 1 < depth ? d : 0;
-        if (want[i]) {
-            mixed |= only && only != d;
-            only = d;
-            left++;
+        if (!want[i]) {
+            continue;
+        }
+        left++;
+        if (d == last || nb_named > BIR_FEW_LAYERS) {
+            continue;
+        }
+        last = d;
+        for (k = 0; k < nb_named && named[k] != d; k++) {
+            /* nothing */
+        }
+        if (k == nb_named) {
+            named[nb_named++] = d;
         }
     }
     if (!left) {
         return 0;
     }
-    if (!mixed) {
-        b->single++;
+    if (nb_named <= BIR_FEW_LAYERS) {
+        b->few++;
         return 0;
     }
     out = (uint64_t *)(b->batch + (size_t)b->nb * s->cluster_size);
@@ -638,7 +765,7 @@ int qcow2_bir_build_add(Qcow2BirBuild *b, uint64_t t, const uint64_t *own,
 
     /* The rest from the L2 tables of the layers that hold them */
     if (left) {
-        ret = bir_from_layers(b->layer, depth, t, n, want, out, b->scratch,
+        ret = bir_from_layers(b->layer, depth, t, n, want, out, &b->scratch,
                               b->gp.bs ? &b->gp : NULL, errp);
         if (ret < 0) {
             return ret;
@@ -677,7 +804,7 @@ int qcow2_bir_build_finish(Qcow2BirBuild *b, Error **errp)
         return ret;
     }
     if (!b->n_tables) {
-        trace_qcow2_bir_build(bs, b->depth, 0, b->single, 0, 0);
+        trace_qcow2_bir_build(bs, b->depth, 0, b->few, 0, 0);
         return 0;
     }
     /*
@@ -704,7 +831,7 @@ int qcow2_bir_build_finish(Qcow2BirBuild *b, Error **errp)
     s->bir_l1 = g_memdup2(b->rl1, b->n_l1 * sizeof(uint64_t));
     s->autoclear_features |= QCOW2_AUTOCLEAR_BI_RESOLVED;
     b->done = true;
-    trace_qcow2_bir_build(bs, b->depth, b->n_tables, b->single, b->entries,
+    trace_qcow2_bir_build(bs, b->depth, b->n_tables, b->few, b->entries,
                           b->reused);
     return 0;
 }
@@ -748,7 +875,7 @@ void qcow2_bir_build_free(Qcow2BirBuild *b, bool kept)
     g_free(b->layer);
     g_free(b->rl1);
     g_free(b->want);
-    qemu_vfree(b->scratch);
+    bir_scratch_destroy(&b->scratch);
     qemu_vfree(b->batch);
     g_free(b->batch_t);
     g_free(b);
@@ -935,7 +1062,8 @@ int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
     unsigned depth = s->bir_ext.depth;
     g_autofree BlockDriverState **layer = NULL;
     g_autofree uint16_t *want = NULL;
-    uint64_t *own = NULL, *stored = NULL, *expect = NULL, *scratch = NULL;
+    uint64_t *own = NULL, *stored = NULL, *expect = NULL;
+    BirScratch scratch = { 0 };
     uint64_t t, nb_clusters, bad = 0, first_bad = 0;
     Error *local_err = NULL;
     int ret = 0;
@@ -953,7 +1081,7 @@ int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
     own = qemu_blockalign(bs, s->cluster_size);
     stored = qemu_blockalign(bs, s->cluster_size);
     expect = qemu_blockalign(bs, s->cluster_size);
-    scratch = qemu_blockalign(bs, s->cluster_size);
+    bir_scratch_init(&scratch, bs);
 
     for (t = 0; t < s->bir_ext.l1_size && (t << s->l2_bits) < nb_clusters;
          t++) {
@@ -982,7 +1110,7 @@ int qcow2_bir_check(BlockDriverState *bs, BdrvCheckResult *res,
             want[i] = stored[i] && d && d < depth &&
                       qcow2_bi_get(stored[i]) == d ? d : 0;
         }
-        ret = bir_from_layers(layer, depth, t, n, want, expect, scratch,
+        ret = bir_from_layers(layer, depth, t, n, want, expect, &scratch,
                               NULL, &local_err);
         if (ret < 0) {
             goto out;
@@ -1022,6 +1150,6 @@ out:
     qemu_vfree(own);
     qemu_vfree(stored);
     qemu_vfree(expect);
-    qemu_vfree(scratch);
+    bir_scratch_destroy(&scratch);
     return 0;
 }

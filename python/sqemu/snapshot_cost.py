@@ -18,8 +18,13 @@
 #                 l2's own L2 tables: every entry of a table names l2);
 #   mixed         base <- l2 <- l3 <- l4, l2 holding the even clusters, l3
 #                 the odd ones, l4 empty (depth 5): every L2 table's
-#                 entries name two middle layers, so the new top gets
-#                 resolved tables of its own, made from l2's and l3's.
+#                 entries name two middle layers;
+#   spread        base <- l2 <- ... <- l9 <- l10, layer j holding the
+#                 clusters c with c mod 8 = j - 2, l10 empty (depth 11):
+#                 every L2 table names eight middle layers, more than a
+#                 read corrects from without resolved tables, so the new
+#                 top gets resolved tables of its own, from its parent's
+#                 and its grandparent's.
 # Each case times --runs snapshots with stock's qemu-img (no index) and
 # ours (-o backing-index=on) over the same parent, alternating, and
 # prints the medians, their ratio (the target is 3x) and the new file's
@@ -36,7 +41,11 @@ import time
 
 from sqemu import paths, util
 
-CASES = ('base', 'empty-middle', 'middle', 'mixed')
+CASES = ('base', 'empty-middle', 'middle', 'mixed', 'spread')
+# middle layers of each case, and how many of them share the clusters
+# (0: none holds any; 1: the first holds them all)
+MIDDLE = {'empty-middle': (2, 0), 'middle': (2, 1), 'mixed': (3, 2),
+          'spread': (9, 8)}
 CLUSTER = 64 << 10
 TARGET_RATIO = 3.0
 PAPER_BYTES = 6 * 1000 * 1000
@@ -70,6 +79,16 @@ def discard_script(size, every=10, first=0):
                    for c in range(first, size // CLUSTER, every)) + 'quit\n'
 
 
+def keep_script(size, period, keep):
+    """qemu-io commands that discard every cluster c of a disk of @size
+    bytes but those with c % @period == @keep, in runs"""
+    clusters = size // CLUSTER
+    runs = [(0, keep)] + [(c + 1, min(c + period, clusters))
+                          for c in range(keep, clusters, period)]
+    return ''.join('discard %d %d\n' % (a * CLUSTER, (b - a) * CLUSTER)
+                   for a, b in runs if b > a) + 'quit\n'
+
+
 def make_full(tools, img, size, backing=None, discard=None):
     """@img: a qcow2 of @size with every cluster allocated (metadata
     preallocation, no data written) but those qemu-io script @discard
@@ -101,16 +120,17 @@ def make_parents(tools, work, size, cases):
         if case == 'base':
             parents[case] = base
             continue
+        last, sharing = MIDDLE[case]
         layers = [base] + [os.path.join(work, '%s-l%d.qcow2' % (case, d))
-                           for d in (2, 3, 4)[:3 if case == 'mixed' else 2]]
+                           for d in range(2, last + 2)]
         progress('%s: a chain of depth %d...' % (case, len(layers)))
         for d, img in enumerate(layers[1:], 2):
-            if case == 'middle' and d == 2:
+            if sharing == 1 and d == 2:
                 make_full(tools, img, size, backing=layers[d - 2])
-            elif case == 'mixed' and d < 4:
-                # depth 2 keeps the even clusters, depth 3 the odd ones
+            elif d < 2 + sharing:
+                # depth d keeps the clusters c with c % sharing == d - 2
                 make_full(tools, img, size, backing=layers[d - 2],
-                          discard=discard_script(size, 2, 3 - d))
+                          discard=keep_script(size, sharing, d - 2))
             else:
                 run([tools['ours'], 'create', '-q', '-f', 'qcow2', '-b',
                      layers[d - 2], '-F', 'qcow2', img])

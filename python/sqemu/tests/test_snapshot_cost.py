@@ -77,3 +77,18 @@ def test_discard_script_from_a_cluster_on():
     odd = snapshot_cost.discard_script(size, 2, 1).splitlines()[:-1]
     assert [int(ln.split()[1]) // snapshot_cost.CLUSTER for ln in odd] == \
         [1, 3, 5]
+
+
+@pytest.mark.parametrize('period,keep', [(2, 0), (2, 1), (8, 0), (8, 5),
+                                         (8, 7)])
+def test_keep_script_discards_all_other_clusters(period, keep):
+    clusters = 37
+    kept = set(range(clusters))
+    for ln in snapshot_cost.keep_script(clusters * snapshot_cost.CLUSTER,
+                                        period, keep).splitlines()[:-1]:
+        _, offset, length = ln.split()
+        first = int(offset) // snapshot_cost.CLUSTER
+        n = int(length) // snapshot_cost.CLUSTER
+        assert n > 0 and set(range(first, first + n)) <= kept
+        kept -= set(range(first, first + n))
+    assert kept == {c for c in range(clusters) if c % period == keep}
