@@ -104,3 +104,21 @@ def test_env_nodes(monkeypatch):
     assert chain.top_path('/out', nodes[1].url('x')) == 'nfs://b/node1/x'
     assert chain.top_path('/out', 'layer-0001.qcow2') == \
         '/out/layer-0001.qcow2'
+
+
+def test_nfs_with_live_is_refused_before_anything_is_made(tmp_path,
+                                                          monkeypatch):
+    """mkchain --nfs --live: --nfs moves layers whose backing file names are
+    relative, which only layers made without --live have; refused before
+    the output directory is made"""
+    import argparse
+
+    monkeypatch.setattr(chain, 'env_nodes', lambda: ['node0', 'node1'])
+    outdir = tmp_path / 'chain'
+    args = argparse.Namespace(cluster_size=64 << 10, size=64 << 20, fill=0.5,
+                              layers=4, outdir=str(outdir), nfs=True,
+                              live=True, base=None)
+    with pytest.raises(chain.ChainError, match='--nfs needs layers made '
+                       'without --live'):
+        chain.cmd_create(args)
+    assert not outdir.exists()
