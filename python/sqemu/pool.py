@@ -1,0 +1,419 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# pool: what a storage pool's qcow2 chains look like (issue 21).
+#
+#   pool scan PATH... [--json FILE]
+#
+# reads every regular file under the PATHs (directories recursively),
+# headers only, never data: the qcow2 header, its extensions and its
+# backing file name.  It follows backing names as QEMU resolves them (an
+# absolute name as it is, a relative one against the directory of the
+# image that names it) and reports every chain (a top: a qcow2 file that
+# no other scanned file names as its backing file; its length counts the
+# top and every layer below it, a raw base included), the layers it
+# shares with other chains, its virtual size, and the state of its
+# backing index: "off" (the top has no sQBI extension), "valid" (every
+# layer's extension, valid bit, depth, parent identity and parent size
+# agree with the chain, as sQemu validates it when it opens the chain),
+# or "invalid" with the reason.  A file that cannot be followed gets an
+# error and the scan goes on: not a qcow2 or raw image, a truncated or
+# inconsistent header, a missing backing file, a loop of backing files, a
+# backing name outside the scanned paths (not followed: the scan reads
+# nothing outside them), a protocol or json: backing name, a file that
+# changed while it was read.
+#
+# Not yet: nfs:// exports, plots, snapshot intervals, the ranking of
+# chains to convert, `pool index` and the pool generator.
+
+import argparse
+import os
+import signal
+import stat
+import struct
+
+from sqemu import util
+
+QCOW2_MAGIC = b'QFI\xfb'
+EXT_END = 0
+EXT_SQBI = 0x73514249           # sQemu backing index (docs/sqemu.md)
+SQBI_SIZE = 48
+AUTOCLEAR_BI = 1 << 16
+MAX_DEPTH = 16383
+MAX_BACKING_NAME = 1023         # as QEMU's qcow2 driver
+HEADER_READ = 65536             # the header, its extensions, the name
+
+
+class PoolError(Exception):
+    pass
+
+
+class BadImage(Exception):
+    """A file's header says something no image can"""
+
+
+class Image:
+    """What the header of one file says"""
+
+    def __init__(self, path, ident, fmt, size, backing_name=None,
+                 autoclear=0, sqbi=None, sqbi_error=None):
+        self.path = path
+        self.ident = ident              # (st_dev, st_ino)
+        self.format = fmt               # 'qcow2' or 'raw'
+        self.size = size                # virtual size in bytes
+        self.backing_name = backing_name
+        self.autoclear = autoclear
+        self.sqbi = sqbi                # the sQBI extension, parsed
+        self.sqbi_error = sqbi_error    # why it cannot be used
+
+
+def parse_sqbi(data):
+    """The sQBI extension's fields, or a reason it cannot be used"""
+    if len(data) != SQBI_SIZE:
+        return None, 'extension of %d bytes' % len(data)
+    version, depth = struct.unpack('>II', data[:8])
+    if version != 1:
+        return None, 'extension version %d' % version
+    if depth > MAX_DEPTH:
+        return None, 'recorded depth %d out of range' % depth
+    return {'depth': depth, 'layer_id': data[8:24],
+            'parent_id': data[24:40],
+            'parent_size': struct.unpack('>Q', data[40:48])[0]}, None
+
+
+def parse_qcow2(head, file_size):
+    """The fields of a qcow2 header in @head (the file's first bytes; the
+    file has @file_size bytes): (version, size, backing name or None,
+    autoclear bits, extensions {magic: data}); BadImage if inconsistent"""
+    if len(head) < 72:
+        raise BadImage('qcow2 header truncated (%d bytes)' % len(head))
+    (version, backing_offset, backing_len, cluster_bits,
+     size) = struct.unpack('>IQIIQ', head[4:32])
+    if version not in (2, 3):
+        raise BadImage('qcow2 version %d' % version)
+    if not 9 <= cluster_bits <= 21:
+        raise BadImage('cluster bits %d out of range' % cluster_bits)
+    autoclear, header_len = 0, 72
+    if version == 3:
+        if len(head) < 104:
+            raise BadImage('qcow2 version 3 header truncated')
+        autoclear, _, header_len = struct.unpack('>QII', head[88:104])
+        if header_len < 104 or header_len % 8:
+            raise BadImage('header length %d' % header_len)
+    exts = {}
+    off = header_len
+    cluster = 1 << cluster_bits
+    while True:
+        if off + 8 > min(len(head), cluster):
+            raise BadImage('header extensions run past the first cluster')
+        magic, length = struct.unpack('>II', head[off:off + 8])
+        if magic == EXT_END:
+            break
+        end = off + 8 + length
+        if end > min(len(head), cluster):
+            raise BadImage('header extension 0x%08x runs past the first '
+                           'cluster' % magic)
+        exts[magic] = head[off + 8:end]
+        off = off + 8 + (length + 7) // 8 * 8
+    name = None
+    if backing_offset:
+        if backing_len > MAX_BACKING_NAME or not backing_len:
+            raise BadImage('backing file name of %d bytes' % backing_len)
+        if backing_offset + backing_len > min(file_size, cluster):
+            raise BadImage('backing file name outside the first cluster')
+        raw = head[backing_offset:backing_offset + backing_len]
+        if len(raw) != backing_len:
+            raise BadImage('backing file name truncated')
+        try:
+            name = raw.decode('utf-8')
+        except UnicodeDecodeError:
+            raise BadImage('backing file name is not UTF-8')
+        if '\0' in name:
+            raise BadImage('backing file name holds a NUL byte')
+    return version, size, name, autoclear, exts
+
+
+def read_image(path):
+    """The Image of file @path; BadImage if it is no image this scan can
+    follow, OSError if it cannot be read"""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
+    try:
+        before = os.fstat(fd)
+        head = os.pread(fd, HEADER_READ, 0)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (before.st_size, before.st_mtime_ns) != \
+            (after.st_size, after.st_mtime_ns):
+        raise BadImage('changed while it was read (being written?)')
+    ident = (before.st_dev, before.st_ino)
+    if head[:4] != QCOW2_MAGIC:
+        return Image(path, ident, 'raw', before.st_size)
+    version, size, name, autoclear, exts = parse_qcow2(head, before.st_size)
+    sqbi = sqbi_error = None
+    if EXT_SQBI in exts:
+        sqbi, sqbi_error = parse_sqbi(exts[EXT_SQBI])
+    return Image(path, ident, 'qcow2', size, name, autoclear, sqbi,
+                 sqbi_error)
+
+
+def resolve_backing(image_path, name):
+    """The path QEMU opens for backing file name @name of the image at
+    @image_path, or BadImage for a name this scan does not follow"""
+    if name.startswith('json:'):
+        raise BadImage('json: backing file name (not followed)')
+    head = name.split('/', 1)[0]
+    if ':' in head and not name.startswith('/'):
+        raise BadImage('backing file name %r names a protocol (not '
+                       'followed)' % name)
+    if os.path.isabs(name):
+        return name
+    return os.path.join(os.path.dirname(image_path), name)
+
+
+def walk(paths, errors):
+    """Every regular file under @paths (directories recursively), each
+    once, sorted; unreadable directories go to @errors"""
+    found = []
+    for top in paths:
+        if os.path.isfile(top):
+            found.append(top)
+            continue
+        if not os.path.isdir(top):
+            errors.append({'file': top, 'error': 'no such file or '
+                           'directory'})
+            continue
+
+        def onerror(e, top=top):
+            errors.append({'file': e.filename or top, 'error': e.strerror})
+        for d, dirs, files in os.walk(top, onerror=onerror):
+            dirs.sort()
+            for f in sorted(files):
+                p = os.path.join(d, f)
+                try:
+                    if stat.S_ISREG(os.lstat(p).st_mode):
+                        found.append(p)
+                except OSError as e:
+                    errors.append({'file': p, 'error': e.strerror})
+    return sorted(set(found))
+
+
+def within(path, roots):
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip('/') + '/')
+               for r in roots)
+
+
+class Scan:
+    """A scan of the pool under @paths"""
+
+    def __init__(self, paths):
+        self.errors = []
+        self.roots = [os.path.realpath(p) for p in paths]
+        self.files = walk(paths, self.errors)
+        self.images = {}                # path -> Image
+        self.by_ident = {}              # (dev, ino) -> Image
+        self.broken = {}                # path -> why it cannot be used
+        for p in self.files:
+            self.load(p)
+        self.chains = self.find_chains()
+
+    def error(self, path, text):
+        self.errors.append({'file': path, 'error': text})
+
+    def load(self, path):
+        try:
+            img = read_image(path)
+        except (BadImage, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror \
+                else str(e)
+            self.broken[path] = why
+            self.error(path, why)
+            return None
+        self.images[path] = img
+        self.by_ident.setdefault(img.ident, img)
+        return img
+
+    def backing_of(self, img):
+        """The Image of @img's backing file, None at the base; BadImage
+        with the reason if it cannot be followed"""
+        if img.format != 'qcow2' or img.backing_name is None:
+            return None
+        path = resolve_backing(img.path, img.backing_name)
+        if not within(path, self.roots):
+            raise BadImage('backing file %s is outside the scanned pool '
+                           '(not followed)' % img.backing_name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise BadImage('backing file %s does not exist' %
+                           img.backing_name)
+        found = self.by_ident.get((st.st_dev, st.st_ino))
+        if found:
+            return found
+        if path in self.broken:
+            raise BadImage('backing file %s: %s' %
+                           (img.backing_name, self.broken[path]))
+        raise BadImage('backing file %s is not a regular file' %
+                       img.backing_name)
+
+    def chain_of(self, top):
+        """The layers of the chain whose top is @top, top first, and the
+        error that ended it early (None if it reaches a base)"""
+        layers, seen = [top], {top.ident}
+        while True:
+            try:
+                below = self.backing_of(layers[-1])
+            except BadImage as e:
+                return layers, str(e)
+            if below is None:
+                return layers, None
+            if below.ident in seen:
+                return layers, 'backing chain loops back to %s' % below.path
+            seen.add(below.ident)
+            layers.append(below)
+
+    def find_chains(self):
+        named = set()
+        for img in self.images.values():
+            try:
+                below = self.backing_of(img)
+            except BadImage:
+                continue
+            if below is not None:
+                named.add(below.ident)
+        tops = sorted((img for img in self.images.values()
+                       if img.format == 'qcow2' and img.ident not in named),
+                      key=lambda i: i.path)
+        tops = list({t.ident: t for t in tops}.values())
+        chains = []
+        reported = set()
+        for top in tops:
+            layers, err = self.chain_of(top)
+            if err and (layers[-1].path, err) not in reported:
+                reported.add((layers[-1].path, err))
+                self.error(layers[-1].path, err)
+            chains.append({'top': top, 'layers': layers, 'error': err})
+        # loops with no top: every file in them is named by another
+        in_chain = {i.ident for c in chains for i in c['layers']}
+        for img in sorted(self.images.values(), key=lambda i: i.path):
+            if img.format == 'qcow2' and img.ident not in in_chain:
+                layers, err = self.chain_of(img)
+                in_chain.update(i.ident for i in layers)
+                self.error(img.path, err or 'no top names it')
+        users = {}
+        for c in chains:
+            for i in c['layers']:
+                users[i.ident] = users.get(i.ident, 0) + 1
+        for c in chains:
+            c['shared'] = sum(1 for i in c['layers'] if users[i.ident] > 1)
+            c['index'], c['index_reason'] = index_state(c['layers'],
+                                                        c['error'])
+        return chains
+
+    def report(self):
+        return {
+            'files': len(self.files),
+            'chains': [{'top': c['top'].path, 'length': len(c['layers']),
+                        'shared_layers': c['shared'],
+                        'virtual_size': c['top'].size,
+                        'index': c['index'],
+                        **({'index_reason': c['index_reason']}
+                           if c['index_reason'] else {}),
+                        **({'error': c['error']} if c['error'] else {})}
+                       for c in self.chains],
+            'errors': sorted(self.errors, key=lambda e: e['file']),
+        }
+
+
+def index_state(layers, chain_error):
+    """'off', 'valid' or 'invalid' for the chain @layers (top first), and
+    why not valid (None when it is)"""
+    top = layers[0]
+    if top.sqbi is None and top.sqbi_error is None:
+        return 'off', 'the top has no backing index'
+    if chain_error:
+        return 'invalid', 'the chain cannot be followed: %s' % chain_error
+    n = len(layers)
+    for pos, img in enumerate(layers):
+        depth = n - pos
+        if img.format != 'qcow2':
+            if pos != n - 1:
+                return 'invalid', '%s: a raw layer above the base' % img.path
+            continue
+        if img.sqbi_error:
+            return 'invalid', '%s: %s' % (img.path, img.sqbi_error)
+        if img.sqbi is None:
+            return 'invalid', '%s: no backing index' % img.path
+        if not img.autoclear & AUTOCLEAR_BI:
+            return 'invalid', '%s: the valid bit is clear' % img.path
+        if img.sqbi['depth'] != depth:
+            return 'invalid', ('%s: recorded depth %d, depth %d in this '
+                               'chain' % (img.path, img.sqbi['depth'], depth))
+        parent = layers[pos + 1] if pos + 1 < n else None
+        want_id = bytes(16)
+        if parent is not None and parent.format == 'qcow2' and parent.sqbi:
+            want_id = parent.sqbi['layer_id']
+        if img.sqbi['parent_id'] != want_id:
+            return 'invalid', ('%s: its parent changed since it was indexed '
+                               '(identity)' % img.path)
+        if img.sqbi['parent_size'] != (parent.size if parent else 0):
+            return 'invalid', ('%s: its parent changed since it was indexed '
+                               '(size)' % img.path)
+    if n > MAX_DEPTH:
+        return 'invalid', 'more than %d layers' % MAX_DEPTH
+    return 'valid', None
+
+
+def summary(rep):
+    """The human summary of report @rep"""
+    chains = rep['chains']
+    lengths = sorted(c['length'] for c in chains)
+    lines = ['%d files, %d chains, %d errors' %
+             (rep['files'], len(chains), len(rep['errors']))]
+    if lengths:
+        lines.append('chain length: min %d, median %d, max %d' %
+                     (lengths[0], lengths[len(lengths) // 2], lengths[-1]))
+        states = {}
+        for c in chains:
+            states[c['index']] = states.get(c['index'], 0) + 1
+        lines.append('backing index: ' + ', '.join(
+            '%s %d' % (k, states[k]) for k in ('off', 'valid', 'invalid')
+            if k in states))
+        lines.append('chains sharing layers with others: %d' %
+                     sum(1 for c in chains if c['shared_layers']))
+    for e in rep['errors']:
+        lines.append('error: %s: %s' % (e['file'], e['error']))
+    return '\n'.join(lines)
+
+
+def cmd_scan(args):
+    rep = Scan(args.paths).report()
+    print(summary(rep))
+    if args.json:
+        util.write_json(args.json, rep)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='pool', description='What a storage pool\'s qcow2 chains look '
+        'like: headers only, never data.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    scan = sub.add_parser('scan', help='find and describe every chain under '
+                          'the paths', description='Read every regular file '
+                          'under PATH (directories recursively; headers '
+                          'only) and report each chain, its length, the '
+                          'layers it shares with other chains and its '
+                          'backing index state; files that cannot be '
+                          'followed are reported as errors and the scan '
+                          'goes on.')
+    scan.add_argument('paths', nargs='+', metavar='PATH')
+    scan.add_argument('--json', metavar='FILE',
+                      help='also write the report as JSON to FILE')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    util.exit_on(signal.SIGTERM, signal.SIGHUP)
+    return util.run_main('pool', lambda: cmd_scan(args),
+                         (PoolError, OSError))

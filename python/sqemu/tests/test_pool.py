@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# sqemu.pool (pool scan): chains, shared layers, index states and the
+# errors of hostile pools, on qcow2 headers written here byte by byte.
+
+import os
+import struct
+
+import pytest
+
+from sqemu import pool
+
+MiB = 1 << 20
+
+
+def sqbi(depth, layer_id, parent_id=bytes(16), parent_size=0):
+    return struct.pack('>II', 1, depth) + layer_id + parent_id + \
+        struct.pack('>Q', parent_size)
+
+
+def write_qcow2(path, size=64 * MiB, backing=None, ext=None, autoclear=0,
+                cluster_bits=16, pad=4096, name_bytes=None):
+    """A qcow2 version 3 header (no tables: the scan reads headers only)
+    with the sQBI extension @ext and backing file name @backing"""
+    exts = b''
+    if ext is not None:
+        exts += struct.pack('>II', pool.EXT_SQBI, len(ext)) + ext
+        exts += bytes(-len(ext) % 8)
+    exts += struct.pack('>II', 0, 0)
+    name = name_bytes if name_bytes is not None else \
+        (backing.encode() if backing else b'')
+    backing_off = 104 + len(exts) if name else 0
+    head = pool.QCOW2_MAGIC + struct.pack(
+        '>IQIIQIIQQIIQQQQII', 3, backing_off, len(name), cluster_bits,
+        size, 0, 0, 0, 0, 0, 0, 0, 0, 0, autoclear, 4, 104)
+    data = head + exts + name
+    with open(path, 'wb') as f:
+        f.write(data + bytes(max(0, pad - len(data))))
+
+
+def ids(n):
+    return [bytes([i + 1]) * 16 for i in range(n)]
+
+
+def indexed_chain(d, names, size=64 * MiB):
+    """An indexed chain, base first, as sQemu leaves it: every layer's
+    depth, parent identity and parent size agree, valid bits set"""
+    lid = ids(len(names))
+    for depth, name in enumerate(names, 1):
+        parent = depth - 2
+        write_qcow2(os.path.join(d, name), size,
+                    backing=names[parent] if depth > 1 else None,
+                    ext=sqbi(depth, lid[depth - 1],
+                             lid[parent] if depth > 1 else bytes(16),
+                             size if depth > 1 else 0),
+                    autoclear=pool.AUTOCLEAR_BI)
+
+
+def scan(*paths):
+    return pool.Scan([str(p) for p in paths]).report()
+
+
+def by_top(rep):
+    return {os.path.basename(c['top']): c for c in rep['chains']}
+
+
+def errors(rep):
+    return {os.path.basename(e['file']): e['error'] for e in rep['errors']}
+
+
+def test_chains_lengths_and_shared_layers(tmp_path):
+    write_qcow2(tmp_path / 'base.qcow2')
+    write_qcow2(tmp_path / 'mid.qcow2', backing='base.qcow2')
+    write_qcow2(tmp_path / 'a.qcow2', backing='mid.qcow2')
+    write_qcow2(tmp_path / 'b.qcow2', backing='mid.qcow2')
+    (tmp_path / 'sub').mkdir()
+    write_qcow2(tmp_path / 'sub' / 'c.qcow2', backing='../base.qcow2')
+    write_qcow2(tmp_path / 'alone.qcow2', size=8 * MiB)
+    rep = scan(tmp_path)
+    chains = by_top(rep)
+    assert rep['files'] == 6 and not rep['errors']
+    assert sorted(chains) == ['a.qcow2', 'alone.qcow2', 'b.qcow2',
+                              'c.qcow2']
+    assert chains['a.qcow2']['length'] == 3
+    assert chains['a.qcow2']['shared_layers'] == 2      # mid and base
+    assert chains['c.qcow2']['length'] == 2
+    assert chains['c.qcow2']['shared_layers'] == 1      # base
+    assert chains['alone.qcow2']['length'] == 1
+    assert chains['alone.qcow2']['shared_layers'] == 0
+    assert chains['alone.qcow2']['virtual_size'] == 8 * MiB
+    assert all(c['index'] == 'off' for c in chains.values())
+
+
+def test_raw_base_counts_and_absolute_names(tmp_path):
+    (tmp_path / 'base.img').write_bytes(bytes(8192))
+    write_qcow2(tmp_path / 'top.qcow2', backing=str(tmp_path / 'base.img'))
+    rep = scan(tmp_path)
+    assert by_top(rep)['top.qcow2']['length'] == 2
+    assert not rep['errors']
+
+
+def test_index_states(tmp_path):
+    indexed_chain(tmp_path, ['l1.qcow2', 'l2.qcow2', 'l3.qcow2'])
+    assert by_top(scan(tmp_path))['l3.qcow2']['index'] == 'valid'
+
+    # a stock read-write open of the middle clears its valid bit
+    lid = ids(3)
+    write_qcow2(tmp_path / 'l2.qcow2', backing='l1.qcow2',
+                ext=sqbi(2, lid[1], lid[0], 64 * MiB))
+    c = by_top(scan(tmp_path))['l3.qcow2']
+    assert c['index'] == 'invalid' and 'valid bit' in c['index_reason']
+    assert c['index_reason'].startswith(str(tmp_path / 'l2.qcow2'))
+
+    # an sQemu read-write open renews the middle's identity
+    write_qcow2(tmp_path / 'l2.qcow2', backing='l1.qcow2',
+                ext=sqbi(2, b'\x77' * 16, lid[0], 64 * MiB),
+                autoclear=pool.AUTOCLEAR_BI)
+    c = by_top(scan(tmp_path))['l3.qcow2']
+    assert c['index'] == 'invalid' and 'identity' in c['index_reason']
+
+
+def test_index_depth_and_parent_size(tmp_path):
+    indexed_chain(tmp_path, ['l1.qcow2', 'l2.qcow2'])
+    # the same top seen over a chain one layer longer
+    write_qcow2(tmp_path / 'l0.qcow2', ext=sqbi(1, b'\x55' * 16),
+                autoclear=pool.AUTOCLEAR_BI)
+    lid = ids(2)
+    write_qcow2(tmp_path / 'l1.qcow2', backing='l0.qcow2',
+                ext=sqbi(1, lid[0]), autoclear=pool.AUTOCLEAR_BI)
+    c = by_top(scan(tmp_path))['l2.qcow2']
+    assert c['index'] == 'invalid' and 'recorded depth' in c['index_reason']
+
+    # the parent resized since its overlay was indexed
+    os.unlink(tmp_path / 'l0.qcow2')
+    write_qcow2(tmp_path / 'l1.qcow2', size=32 * MiB,
+                ext=sqbi(1, lid[0]), autoclear=pool.AUTOCLEAR_BI)
+    c = by_top(scan(tmp_path))['l2.qcow2']
+    assert c['index'] == 'invalid' and '(size)' in c['index_reason']
+
+
+def test_unusable_extension(tmp_path):
+    write_qcow2(tmp_path / 'top.qcow2', ext=bytes(40))
+    c = by_top(scan(tmp_path))['top.qcow2']
+    assert c['index'] == 'invalid'
+    assert 'extension of 40 bytes' in c['index_reason']
+
+
+def test_loops(tmp_path):
+    write_qcow2(tmp_path / 'self.qcow2', backing='self.qcow2')
+    write_qcow2(tmp_path / 'a.qcow2', backing='b.qcow2')
+    write_qcow2(tmp_path / 'b.qcow2', backing='a.qcow2')
+    write_qcow2(tmp_path / 'in.qcow2', backing='a.qcow2')
+    rep = scan(tmp_path)
+    chains = by_top(rep)
+    assert list(chains) == ['in.qcow2']
+    assert 'loops' in chains['in.qcow2']['error']
+    assert chains['in.qcow2']['length'] == 3
+    errs = errors(rep)
+    assert 'loops' in errs['self.qcow2']
+    assert any('loops' in errs.get(f, '') for f in ('a.qcow2', 'b.qcow2'))
+
+
+def test_hostile_files_each_get_an_error(tmp_path):
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'secret.img').write_bytes(bytes(512))
+    d = tmp_path / 'pool'
+    d.mkdir()
+    write_qcow2(d / 'missing.qcow2', backing='nothere.qcow2')
+    write_qcow2(d / 'out.qcow2', backing='../outside/secret.img')
+    write_qcow2(d / 'json.qcow2', backing='json:{"file": {}}')
+    write_qcow2(d / 'nfs.qcow2', backing='nfs://10.0.0.1/e/x.qcow2')
+    write_qcow2(d / 'bits.qcow2', cluster_bits=30)
+    write_qcow2(d / 'utf.qcow2', name_bytes=b'\xff\xfe.qcow2')
+    write_qcow2(d / 'good.qcow2')
+    write_qcow2(d / 'bytrunc.qcow2', backing='trunc.qcow2')
+    (d / 'trunc.qcow2').write_bytes(pool.QCOW2_MAGIC + bytes(20))
+    (d / 'notes.txt').write_text('not an image\n')
+    rep = scan(d)
+    errs = errors(rep)
+    assert 'does not exist' in errs['missing.qcow2']
+    assert 'outside the scanned pool' in errs['out.qcow2']
+    assert 'json:' in errs['json.qcow2']
+    assert 'protocol' in errs['nfs.qcow2']
+    assert 'cluster bits' in errs['bits.qcow2']
+    assert 'UTF-8' in errs['utf.qcow2']
+    assert 'truncated' in errs['trunc.qcow2']
+    assert 'trunc.qcow2' in errs['bytrunc.qcow2']
+    assert 'good.qcow2' not in errs and 'notes.txt' not in errs
+    chains = by_top(rep)
+    # a top whose chain ends early is still a chain, with its error
+    assert chains['missing.qcow2']['length'] == 1
+    assert 'does not exist' in chains['missing.qcow2']['error']
+    assert chains['good.qcow2']['length'] == 1
+    assert 'bits.qcow2' not in chains
+    assert rep['files'] == 10
+
+
+def test_a_file_that_changes_while_read(tmp_path, monkeypatch):
+    write_qcow2(tmp_path / 'busy.qcow2')
+    real = os.fstat
+    calls = []
+
+    def fstat(fd):
+        st = real(fd)
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev,
+                                   st.st_nlink, st.st_uid, st.st_gid,
+                                   st.st_size + 512, 0, 0, 0))
+        return st
+    monkeypatch.setattr(pool.os, 'fstat', fstat)
+    rep = scan(tmp_path)
+    assert 'changed while it was read' in errors(rep)['busy.qcow2']
+
+
+def test_summary_and_missing_path(tmp_path):
+    indexed_chain(tmp_path, ['l1.qcow2', 'l2.qcow2'])
+    rep = scan(tmp_path, tmp_path / 'nope')
+    text = pool.summary(rep)
+    assert text.splitlines()[0] == '2 files, 1 chains, 1 errors'
+    assert 'backing index: valid 1' in text
+    assert errors(rep) == {'nope': 'no such file or directory'}
+
+
+def test_command_line(tmp_path, capsys):
+    write_qcow2(tmp_path / 'a.qcow2')
+    out = tmp_path / 'out' / 'r.json'
+    assert pool.main(['scan', str(tmp_path), '--json', str(out)]) == 0
+    assert out.exists()
+    with pytest.raises(SystemExit) as e:
+        pool.main(['scan'])
+    assert e.value.code == 2
