@@ -6,13 +6,15 @@
 #
 # reads every regular file under the PATHs (directories recursively),
 # headers only, never data: the qcow2 header, its extensions and its
-# backing file name.  It follows backing names as QEMU resolves them (an
-# absolute name as it is, a relative one against the directory of the
-# image that names it) and reports every chain (a top: a qcow2 file that
-# no other scanned file names as its backing file; its length counts the
-# top and every layer below it, a raw base included), the layers it
-# shares with other chains, its virtual size, and the state of its
-# backing index: "off" (the top has no sQBI extension), "valid" (every
+# backing file name (the first 4 KiB of a file, more only where its
+# header goes on past them, up to its first cluster).  It follows backing
+# names as QEMU resolves them (an absolute name as it is, a relative one
+# against the directory of the image that names it) and reports every
+# chain (a top: a qcow2 file that no other scanned file names as its
+# backing file; its length counts the top and every layer below it, a
+# raw base included), the layers it shares with other chains, its
+# virtual size, and the state of its backing index: "off" (the top has
+# no sQBI extension), "valid" (every
 # layer's extension, valid bit, depth, parent identity and parent size
 # agree with the chain, as sQemu validates it when it opens the chain),
 # or "invalid" with the reason.  A file that cannot be followed gets an
@@ -22,8 +24,12 @@
 # nothing outside them), a protocol or json: backing name, a file that
 # changed while it was read.
 #
+#   pool generate DIR --files N [--seed S] [--manifest FILE]
+#
+# makes a synthetic pool (python/sqemu/pool_generator.py).
+#
 # Not yet: nfs:// exports, plots, snapshot intervals, the ranking of
-# chains to convert, `pool index` and the pool generator.
+# chains to convert, `pool index`.
 
 import argparse
 import os
@@ -31,7 +37,7 @@ import signal
 import stat
 import struct
 
-from sqemu import util
+from sqemu import pool_generator, util
 
 QCOW2_MAGIC = b'QFI\xfb'
 EXT_END = 0
@@ -40,7 +46,9 @@ SQBI_SIZE = 48
 AUTOCLEAR_BI = 1 << 16
 MAX_DEPTH = 16383
 MAX_BACKING_NAME = 1023         # as QEMU's qcow2 driver
-HEADER_READ = 65536             # the header, its extensions, the name
+# The first read: the header, extensions and backing file name of every
+# image qemu-img makes
+FIRST_READ = 4096
 
 
 class PoolError(Exception):
@@ -49,6 +57,14 @@ class PoolError(Exception):
 
 class BadImage(Exception):
     """A file's header says something no image can"""
+
+
+class NeedMore(Exception):
+    """The header goes on past the bytes read: read up to @size bytes"""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.size = size
 
 
 class Image:
@@ -102,24 +118,32 @@ def parse_qcow2(head, file_size):
     exts = {}
     off = header_len
     cluster = 1 << cluster_bits
+    # what the header may use: the first cluster, or the whole file
+    limit = min(cluster, file_size)
     while True:
-        if off + 8 > min(len(head), cluster):
+        if off + 8 > limit:
             raise BadImage('header extensions run past the first cluster')
+        if off + 8 > len(head):
+            raise NeedMore(limit)
         magic, length = struct.unpack('>II', head[off:off + 8])
         if magic == EXT_END:
             break
         end = off + 8 + length
-        if end > min(len(head), cluster):
+        if end > limit:
             raise BadImage('header extension 0x%08x runs past the first '
                            'cluster' % magic)
+        if end > len(head):
+            raise NeedMore(limit)
         exts[magic] = head[off + 8:end]
         off = off + 8 + (length + 7) // 8 * 8
     name = None
     if backing_offset:
         if backing_len > MAX_BACKING_NAME or not backing_len:
             raise BadImage('backing file name of %d bytes' % backing_len)
-        if backing_offset + backing_len > min(file_size, cluster):
+        if backing_offset + backing_len > limit:
             raise BadImage('backing file name outside the first cluster')
+        if backing_offset + backing_len > len(head):
+            raise NeedMore(limit)
         raw = head[backing_offset:backing_offset + backing_len]
         if len(raw) != backing_len:
             raise BadImage('backing file name truncated')
@@ -138,7 +162,14 @@ def read_image(path):
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
     try:
         before = os.fstat(fd)
-        head = os.pread(fd, HEADER_READ, 0)
+        head = os.pread(fd, FIRST_READ, 0)
+        parsed = None
+        if head[:4] == QCOW2_MAGIC:
+            try:
+                parsed = parse_qcow2(head, before.st_size)
+            except NeedMore as more:
+                head = os.pread(fd, more.size, 0)
+                parsed = parse_qcow2(head, before.st_size)
         after = os.fstat(fd)
     finally:
         os.close(fd)
@@ -146,9 +177,9 @@ def read_image(path):
             (after.st_size, after.st_mtime_ns):
         raise BadImage('changed while it was read (being written?)')
     ident = (before.st_dev, before.st_ino)
-    if head[:4] != QCOW2_MAGIC:
+    if parsed is None:
         return Image(path, ident, 'raw', before.st_size)
-    version, size, name, autoclear, exts = parse_qcow2(head, before.st_size)
+    version, size, name, autoclear, exts = parsed
     sqbi = sqbi_error = None
     if EXT_SQBI in exts:
         sqbi, sqbi_error = parse_sqbi(exts[EXT_SQBI])
@@ -213,6 +244,7 @@ class Scan:
         self.images = {}                # path -> Image
         self.by_ident = {}              # (dev, ino) -> Image
         self.broken = {}                # path -> why it cannot be used
+        self.below = {}                 # ident -> backing_of() result
         for p in self.files:
             self.load(p)
         self.chains = self.find_chains()
@@ -235,7 +267,19 @@ class Scan:
 
     def backing_of(self, img):
         """The Image of @img's backing file, None at the base; BadImage
-        with the reason if it cannot be followed"""
+        with the reason if it cannot be followed (each image is resolved
+        once: chains share their lower layers)"""
+        if img.ident not in self.below:
+            try:
+                self.below[img.ident] = self.resolve(img)
+            except BadImage as e:
+                self.below[img.ident] = e
+        found = self.below[img.ident]
+        if isinstance(found, BadImage):
+            raise found
+        return found
+
+    def resolve(self, img):
         if img.format != 'qcow2' or img.backing_name is None:
             return None
         path = resolve_backing(img.path, img.backing_name)
@@ -386,6 +430,17 @@ def summary(rep):
     return '\n'.join(lines)
 
 
+def cmd_generate(args):
+    progress = util.printer('pool generate')
+    if os.path.exists(args.dir) and os.listdir(args.dir):
+        raise PoolError('%s exists and is not empty' % args.dir)
+    gen = pool_generator.Generator(args.dir, args.files, args.seed,
+                                   progress, args.manifest)
+    man = gen.run()
+    progress('%d files, %d chains; manifest %s' %
+             (man['files'], len(man['chains']), gen.manifest))
+
+
 def cmd_scan(args):
     rep = Scan(args.paths).report()
     print(summary(rep))
@@ -409,11 +464,29 @@ def parse_args(argv=None):
     scan.add_argument('paths', nargs='+', metavar='PATH')
     scan.add_argument('--json', metavar='FILE',
                       help='also write the report as JSON to FILE')
-    return parser.parse_args(argv)
+    gen = sub.add_parser('generate', help='make a synthetic pool',
+                         description='Make about FILES empty qcow2 images '
+                         'under DIR in chains shaped like a cloud\'s disk '
+                         'pool (shared base images, mostly short chains, a '
+                         'bump near 30 layers, a tail to 1000, disk copies '
+                         'sharing whole chains), and a manifest of the '
+                         'chains made.')
+    gen.add_argument('dir', metavar='DIR')
+    gen.add_argument('--files', type=int, required=True,
+                     help='how many files to make (about)')
+    gen.add_argument('--seed', type=int, default=1)
+    gen.add_argument('--manifest', metavar='FILE',
+                     help='where the manifest goes (default DIR.manifest.json'
+                     ', outside the pool)')
+    args = parser.parse_args(argv)
+    if args.command == 'generate' and args.files < 1:
+        parser.error('--files must be at least 1')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     util.exit_on(signal.SIGTERM, signal.SIGHUP)
-    return util.run_main('pool', lambda: cmd_scan(args),
+    command = cmd_scan if args.command == 'scan' else cmd_generate
+    return util.run_main('pool', lambda: command(args),
                          (PoolError, OSError))

@@ -231,3 +231,68 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         pool.main(['scan'])
     assert e.value.code == 2
+
+
+def test_a_header_longer_than_the_first_read(tmp_path):
+    """A header whose extensions push the backing name past the first
+    4 KiB is read again, up to its first cluster"""
+    write_qcow2(tmp_path / 'base.qcow2')
+    write_qcow2(tmp_path / 'top.qcow2', backing='base.qcow2',
+                ext=sqbi(2, b'\x01' * 16), pad=16384)
+    # move the name 5000 bytes on: a big unknown extension before it
+    data = bytearray((tmp_path / 'top.qcow2').read_bytes())
+    unknown = struct.pack('>II', 0x12345678, 5000) + bytes(5000)
+    name_at = struct.unpack('>Q', data[8:16])[0]
+    name_len = struct.unpack('>I', data[16:20])[0]
+    name = bytes(data[name_at:name_at + name_len])
+    data[104:104] = unknown
+    data[8:16] = struct.pack('>Q', name_at + len(unknown))
+    data = data[:name_at + len(unknown)] + name + bytes(16384)
+    (tmp_path / 'top.qcow2').write_bytes(bytes(data))
+    rep = scan(tmp_path)
+    assert not rep['errors']
+    assert by_top(rep)['top.qcow2']['length'] == 2
+
+
+def test_generated_pool_matches_its_manifest(tmp_path):
+    from sqemu import pool_generator
+
+    d = tmp_path / 'pool'
+    gen = pool_generator.Generator(str(d), 400, seed=3)
+    man = gen.run()
+    assert os.path.exists(str(d) + '.manifest.json')
+    files = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+    assert len(files) == man['files'] >= 400
+    # every file is a qcow2 image with 64 KiB clusters, sparse
+    for f in files[:50]:
+        img = pool.read_image(f)
+        assert img.format == 'qcow2'
+        assert os.stat(f).st_blocks * 512 <= 64 << 10
+    rep = scan(d)
+    assert not rep['errors'] and rep['files'] == man['files']
+    assert {c['top']: c['length'] for c in rep['chains']} == \
+        {c['top']: c['length'] for c in man['chains']}
+    assert {c['top']: c['virtual_size'] for c in rep['chains']} == \
+        {c['top']: c['virtual_size'] for c in man['chains']}
+    # base images of 5 layers under every VM disk: every chain shares
+    assert all(c['shared_layers'] >= pool_generator.BASE_LAYERS
+               for c in rep['chains'] if c['length'] > 5)
+    # the same seed makes the same pool
+    again = pool_generator.Generator(str(tmp_path / 'again'), 400, seed=3)
+    assert [c['length'] for c in again.run()['chains']] == \
+        [c['length'] for c in man['chains']]
+
+
+def test_own_layers_distribution():
+    import random
+    from sqemu import pool_generator
+
+    rng = random.Random(7)
+    n = [pool_generator.own_layers(rng) for _ in range(20000)]
+    short = sum(1 for x in n if x < 10) / len(n)
+    bump = sum(1 for x in n if 26 <= x <= 30) / len(n)
+    tail = sum(1 for x in n if x > 200) / len(n)
+    assert short > 0.5
+    assert 0.12 < bump < 0.25
+    assert 0.01 < tail < 0.06
+    assert max(n) < 1000
