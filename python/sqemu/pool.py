@@ -2,7 +2,7 @@
 #
 # pool: what a storage pool's qcow2 chains look like (issue 21).
 #
-#   pool scan PATH... [--json FILE]
+#   pool scan PATH... [--json FILE] [--plots DIR]
 #
 # reads every regular file under the PATHs (directories recursively),
 # headers only, never data: the qcow2 header, its extensions and its
@@ -28,8 +28,11 @@
 #
 # makes a synthetic pool (python/sqemu/pool_generator.py).
 #
-# Not yet: nfs:// exports, plots, snapshot intervals, the ranking of
-# chains to convert, `pool index`.
+# Also: the intervals between a chain's snapshots (from the modification
+# times of its layers below the top), the chains to convert first, and
+# with --plots the distributions as PNG figures.
+#
+# Not yet: nfs:// exports, `pool index`.
 
 import argparse
 import os
@@ -71,8 +74,9 @@ class Image:
     """What the header of one file says"""
 
     def __init__(self, path, ident, fmt, size, backing_name=None,
-                 autoclear=0, sqbi=None, sqbi_error=None):
+                 autoclear=0, sqbi=None, sqbi_error=None, mtime=0.0):
         self.path = path
+        self.mtime = mtime              # when it was last written
         self.ident = ident              # (st_dev, st_ino)
         self.format = fmt               # 'qcow2' or 'raw'
         self.size = size                # virtual size in bytes
@@ -177,14 +181,15 @@ def read_image(path):
             (after.st_size, after.st_mtime_ns):
         raise BadImage('changed while it was read (being written?)')
     ident = (before.st_dev, before.st_ino)
+    mtime = before.st_mtime_ns / 1e9
     if parsed is None:
-        return Image(path, ident, 'raw', before.st_size)
+        return Image(path, ident, 'raw', before.st_size, mtime=mtime)
     version, size, name, autoclear, exts = parsed
     sqbi = sqbi_error = None
     if EXT_SQBI in exts:
         sqbi, sqbi_error = parse_sqbi(exts[EXT_SQBI])
     return Image(path, ident, 'qcow2', size, name, autoclear, sqbi,
-                 sqbi_error)
+                 sqbi_error, mtime)
 
 
 def resolve_backing(image_path, name):
@@ -352,6 +357,8 @@ class Scan:
             c['shared'] = sum(1 for i in c['layers'] if users[i.ident] > 1)
             c['index'], c['index_reason'] = index_state(c['layers'],
                                                         c['error'])
+            c['intervals'] = snapshot_intervals(c['layers'])
+        rank_chains(chains)
         return chains
 
     def report(self):
@@ -360,6 +367,9 @@ class Scan:
             'chains': [{'top': c['top'].path, 'length': len(c['layers']),
                         'shared_layers': c['shared'],
                         'virtual_size': c['top'].size,
+                        'median_snapshot_interval_s':
+                            median(c['intervals']),
+                        'convert_rank': c['rank'],
                         'index': c['index'],
                         **({'index_reason': c['index_reason']}
                            if c['index_reason'] else {}),
@@ -367,6 +377,35 @@ class Scan:
                        for c in self.chains],
             'errors': sorted(self.errors, key=lambda e: e['file']),
         }
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def snapshot_intervals(layers):
+    """Seconds between the snapshots that froze the layers of a chain
+    (top first): a layer below the top is not written after its overlay
+    was made, so its modification time is when that snapshot was taken;
+    the top's is its last write, not a snapshot"""
+    times = [img.mtime for img in reversed(layers[1:])]
+    return [b - a for a, b in zip(times, times[1:]) if b >= a]
+
+
+def rank_chains(chains):
+    """Set each chain's 'rank' among those worth converting (1 first;
+    None for one whose index is valid, or that cannot be followed): the
+    deeper first, as a read that leaves the top pays for every layer it
+    walks without the index; then the larger disk, then the path"""
+    todo = [c for c in chains if c['index'] != 'valid' and not c['error']
+            and len(c['layers']) > 1]
+    todo.sort(key=lambda c: (-len(c['layers']), -c['top'].size,
+                             c['top'].path))
+    for c in chains:
+        c['rank'] = None
+    for i, c in enumerate(todo, 1):
+        c['rank'] = i
 
 
 def index_state(layers, chain_error):
@@ -425,9 +464,65 @@ def summary(rep):
             if k in states))
         lines.append('chains sharing layers with others: %d' %
                      sum(1 for c in chains if c['shared_layers']))
+        gaps = [c['median_snapshot_interval_s'] for c in chains
+                if c['median_snapshot_interval_s'] is not None]
+        if gaps:
+            lines.append('median interval between snapshots: %.1f h '
+                         '(median over chains)' % (median(gaps) / 3600))
+        first = sorted((c for c in chains if c['convert_rank']),
+                       key=lambda c: c['convert_rank'])[:10]
+        if first:
+            lines.append('convert first (deepest chains without a valid '
+                         'index):')
+            lines.extend('  %d. %s (%d layers, %s)' %
+                         (c['convert_rank'], c['top'], c['length'],
+                          c['index']) for c in first)
     for e in rep['errors']:
         lines.append('error: %s: %s' % (e['file'], e['error']))
     return '\n'.join(lines)
+
+
+def plot(rep, directory):
+    """PNG figures of report @rep in @directory: chain lengths (paper
+    Fig. 6), virtual sizes (Fig. 4), layers shared per chain (Fig. 7-8),
+    intervals between snapshots (Fig. 9); the paths written"""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+
+    os.makedirs(directory, exist_ok=True)
+    chains = rep['chains']
+    figures = [
+        ('pool-chain-lengths.png', 'chain length (layers)',
+         [c['length'] for c in chains], True),
+        ('pool-disk-sizes.png', 'virtual disk size (GiB)',
+         [c['virtual_size'] / (1 << 30) for c in chains], False),
+        ('pool-shared-layers.png', 'layers shared with other chains',
+         [c['shared_layers'] for c in chains], False),
+        ('pool-snapshot-intervals.png',
+         'median interval between snapshots of a chain (hours)',
+         [c['median_snapshot_interval_s'] / 3600 for c in chains
+          if c['median_snapshot_interval_s'] is not None], True),
+    ]
+    written = []
+    for name, label, values, log_x in figures:
+        fig, ax = pyplot.subplots(figsize=(6, 3.5))
+        if values:
+            values = sorted(values)
+            ax.plot(values, [(i + 1) / len(values)
+                             for i in range(len(values))])
+            if log_x and values[0] > 0:
+                ax.set_xscale('log')
+        ax.set_xlabel(label)
+        ax.set_ylabel('fraction of chains (CDF)')
+        ax.set_title('%d chains, %d files' % (len(chains), rep['files']))
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(directory, name)
+        fig.savefig(path, dpi=100)
+        pyplot.close(fig)
+        written.append(path)
+    return written
 
 
 def cmd_generate(args):
@@ -446,6 +541,9 @@ def cmd_scan(args):
     print(summary(rep))
     if args.json:
         util.write_json(args.json, rep)
+    if args.plots:
+        for path in plot(rep, args.plots):
+            print('wrote %s' % path)
 
 
 def parse_args(argv=None):
@@ -464,6 +562,9 @@ def parse_args(argv=None):
     scan.add_argument('paths', nargs='+', metavar='PATH')
     scan.add_argument('--json', metavar='FILE',
                       help='also write the report as JSON to FILE')
+    scan.add_argument('--plots', metavar='DIR',
+                      help='also draw the pool\'s distributions as PNG '
+                      'files in DIR')
     gen = sub.add_parser('generate', help='make a synthetic pool',
                          description='Make about FILES empty qcow2 images '
                          'under DIR in chains shaped like a cloud\'s disk '

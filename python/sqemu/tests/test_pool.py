@@ -296,3 +296,37 @@ def test_own_layers_distribution():
     assert 0.12 < bump < 0.25
     assert 0.01 < tail < 0.06
     assert max(n) < 1000
+
+
+def test_ranking_and_snapshot_intervals(tmp_path):
+    # a deep unindexed chain, a shallow one, an indexed one, a lone image
+    for i in range(1, 6):
+        write_qcow2(tmp_path / ('deep%d.qcow2' % i),
+                    backing='deep%d.qcow2' % (i - 1) if i > 1 else None)
+        os.utime(tmp_path / ('deep%d.qcow2' % i), (1000 + 3600 * i,) * 2)
+    write_qcow2(tmp_path / 'sh1.qcow2', size=128 * MiB)
+    write_qcow2(tmp_path / 'sh2.qcow2', size=128 * MiB, backing='sh1.qcow2')
+    indexed_chain(tmp_path, ['ix1.qcow2', 'ix2.qcow2', 'ix3.qcow2'])
+    write_qcow2(tmp_path / 'lone.qcow2')
+    rep = scan(tmp_path)
+    chains = by_top(rep)
+    assert chains['deep5.qcow2']['convert_rank'] == 1
+    assert chains['sh2.qcow2']['convert_rank'] == 2
+    assert chains['ix3.qcow2']['convert_rank'] is None    # valid already
+    assert chains['lone.qcow2']['convert_rank'] is None   # no chain
+    # deep1..deep4 were frozen an hour apart (deep5, the top, is not a
+    # snapshot)
+    assert chains['deep5.qcow2']['median_snapshot_interval_s'] == 3600
+    assert chains['lone.qcow2']['median_snapshot_interval_s'] is None
+    text = pool.summary(rep)
+    assert '1. %s (5 layers, off)' % (tmp_path / 'deep5.qcow2') in text
+
+
+def test_plots(tmp_path):
+    write_qcow2(tmp_path / 'a.qcow2')
+    write_qcow2(tmp_path / 'b.qcow2', backing='a.qcow2')
+    written = pool.plot(scan(tmp_path), str(tmp_path / 'plots'))
+    assert len(written) == 4
+    for p in written:
+        with open(p, 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n'
