@@ -24,6 +24,10 @@
 # nothing outside them), a protocol or json: backing name, a file that
 # changed while it was read.
 #
+#   pool index PATH... [--limit N] [--dry-run] [--qemu-img QEMU_IMG]
+#
+# converts the chains the scan ranks first (python/sqemu/pool_index.py).
+#
 #   pool generate DIR --files N [--seed S] [--manifest FILE]
 #
 # makes a synthetic pool (python/sqemu/pool_generator.py).
@@ -32,7 +36,7 @@
 # times of its layers below the top), the chains to convert first, and
 # with --plots the distributions as PNG figures.
 #
-# Not yet: nfs:// exports, `pool index`.
+# Not yet: nfs:// exports.
 
 import argparse
 import os
@@ -565,6 +569,19 @@ def parse_args(argv=None):
     scan.add_argument('--plots', metavar='DIR',
                       help='also draw the pool\'s distributions as PNG '
                       'files in DIR')
+    index = sub.add_parser('index', help='convert the chains a scan ranks '
+                           'first', description='Scan the pool and give '
+                           'the chains worth converting (deepest first) '
+                           'their backing index with sQemu\'s qemu-img '
+                           'amend; chains with a layer in use (a QEMU image '
+                           'lock) are skipped with the reason.')
+    index.add_argument('paths', nargs='+', metavar='PATH')
+    index.add_argument('--limit', type=int, default=0,
+                       help='convert at most this many chains')
+    index.add_argument('-n', '--dry-run', action='store_true',
+                       help='say what would be converted, convert nothing')
+    index.add_argument('--qemu-img', help='sQemu\'s qemu-img (default: the '
+                       'build\'s)')
     gen = sub.add_parser('generate', help='make a synthetic pool',
                          description='Make about FILES empty qcow2 images '
                          'under DIR in chains shaped like a cloud\'s disk '
@@ -582,12 +599,17 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.command == 'generate' and args.files < 1:
         parser.error('--files must be at least 1')
+    if args.command == 'index' and args.limit < 0:
+        parser.error('--limit must be at least 0')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     util.exit_on(signal.SIGTERM, signal.SIGHUP)
-    command = cmd_scan if args.command == 'scan' else cmd_generate
+    from sqemu import pool_index     # it uses this module's Scan
+
+    command = {'scan': cmd_scan, 'generate': cmd_generate,
+               'index': pool_index.cmd_index}[args.command]
     return util.run_main('pool', lambda: command(args),
-                         (PoolError, OSError))
+                         (PoolError, pool_index.PoolIndexError, OSError))
