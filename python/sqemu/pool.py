@@ -106,7 +106,7 @@ def parse_sqbi(data):
 
 def parse_qcow2(head, file_size):
     """The fields of a qcow2 header in @head (the file's first bytes; the
-    file has @file_size bytes): (version, size, backing name or None,
+    file has @file_size bytes): (size, backing name or None,
     autoclear bits, extensions {magic: data}); BadImage if inconsistent"""
     if len(head) < 72:
         raise BadImage('qcow2 header truncated (%d bytes)' % len(head))
@@ -161,7 +161,7 @@ def parse_qcow2(head, file_size):
             raise BadImage('backing file name is not UTF-8')
         if '\0' in name:
             raise BadImage('backing file name holds a NUL byte')
-    return version, size, name, autoclear, exts
+    return size, name, autoclear, exts
 
 
 def read_image(path):
@@ -188,7 +188,7 @@ def read_image(path):
     mtime = before.st_mtime_ns / 1e9
     if parsed is None:
         return Image(path, ident, 'raw', before.st_size, mtime=mtime)
-    version, size, name, autoclear, exts = parsed
+    size, name, autoclear, exts = parsed
     sqbi = sqbi_error = None
     if EXT_SQBI in exts:
         sqbi, sqbi_error = parse_sqbi(exts[EXT_SQBI])

@@ -53,13 +53,8 @@ def lock_holder(path):
 
 
 def in_use(layers):
-    """The first layer of @layers (paths) that is in use, and the kind of
-    lock found first"""
-    for path in layers:
-        holder = lock_holder(path)
-        if holder:
-            return path, holder
-    return None, None
+    """The first layer of @layers (paths) that is in use, or None"""
+    return next((path for path in layers if lock_holder(path)), None)
 
 
 class Converter:
@@ -89,7 +84,7 @@ class Converter:
         for i, c in enumerate(chains, 1):
             what = '[%d/%d] %s (%d layers)' % (i, total, c['top'],
                                                c['length'])
-            path, holder = in_use(c['layers'])
+            path = in_use(c['layers'])
             if path:
                 why = ('%s is in use (another process holds a QEMU image '
                        'lock on it)' % path)
@@ -137,6 +132,9 @@ def cmd_index(args):
     if not qemu_img:
         raise PoolIndexError('no sQemu qemu-img in %s (run make, or give '
                              '--qemu-img)' % paths.BUILD)
+    if not os.access(qemu_img, os.X_OK):
+        raise PoolIndexError('--qemu-img %s is not an executable' %
+                             qemu_img)
     progress = util.printer('pool index')
     scan = Scan(args.paths)
     chains = selected(scan, args.limit)

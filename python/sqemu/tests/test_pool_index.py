@@ -140,3 +140,33 @@ def test_interrupted_conversion_stops_its_child(tmp_path, capsys,
     monkeypatch.setattr(pool_index.Converter, 'run', interrupted)
     assert run_index(tmp_path, qemu_img) == 130
     assert stopped and 'interrupted' in capsys.readouterr().out
+
+
+def test_a_qemu_img_that_is_not_there_is_refused_first(tmp_path, capsys):
+    (tmp_path / 'pool').mkdir()
+    chain_pool(tmp_path / 'pool')
+    assert pool.main(['index', str(tmp_path / 'pool'), '--qemu-img',
+                      str(tmp_path / 'no-such-qemu-img')]) == 1
+    err = capsys.readouterr().err
+    assert 'no-such-qemu-img is not an executable' in err
+
+
+@pytest.mark.parametrize('argv', [
+    ['index', 'x', '--limit', '-1'],
+    ['generate', 'x', '--files', '0'],
+    ['generate', 'x'],                  # --files is required
+])
+def test_bad_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        pool.main(argv)
+    assert e.value.code == 2
+    assert 'pool' in capsys.readouterr().err
+
+
+def test_generate_refuses_a_directory_in_use(tmp_path, capsys):
+    (tmp_path / 'pool').mkdir()
+    (tmp_path / 'pool' / 'disk.qcow2').write_bytes(b'x')
+    assert pool.main(['generate', str(tmp_path / 'pool'), '--files',
+                      '10']) == 1
+    assert 'exists and is not empty' in capsys.readouterr().err
+    assert os.listdir(tmp_path / 'pool') == ['disk.qcow2']

@@ -92,3 +92,11 @@ def test_keep_script_discards_all_other_clusters(period, keep):
         assert n > 0 and set(range(first, first + n)) <= kept
         kept -= set(range(first, first + n))
     assert kept == {c for c in range(clusters) if c % period == keep}
+
+
+def test_missing_tools_are_named(tmp_path):
+    args = snapshot_cost.parse_args(['--ours', str(tmp_path), '--stock',
+                                     str(tmp_path)])
+    with pytest.raises(snapshot_cost.CostError) as e:
+        snapshot_cost.find_tools(args)
+    assert 'missing: stock, ours, qemu-io' in str(e.value)
