@@ -24,10 +24,6 @@
 # is an error that names its line.  What a trace records is kept as it
 # is: the operation, offset, length and time, nothing else.
 
-import argparse
-
-from sqemu import util
-
 FORMATS = ('alibaba', 'tencent')
 SECTOR = 512
 
@@ -107,10 +103,8 @@ def cmd_convert(args):
            args.output))
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='trace', description='Block I/O traces for sQemu benchmarks.')
-    sub = parser.add_subparsers(dest='command', required=True)
+def add_parser(sub):
+    """trace convert's parser, under @sub (trace's subcommands)"""
     conv = sub.add_parser('convert', help='a public CSV trace as a fio '
                           'iolog (version 3)', description='Write the '
                           'operations of a public block trace (Alibaba '
@@ -124,10 +118,4 @@ def parse_args(argv=None):
                       help='the file name fio replays the operations on')
     conv.add_argument('input', metavar='IN')
     conv.add_argument('output', metavar='OUT')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    return util.run_main('trace', lambda: cmd_convert(args),
-                         (TraceError, OSError))
+    conv.set_defaults(run=cmd_convert, errors=(TraceError, OSError))

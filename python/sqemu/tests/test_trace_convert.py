@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from sqemu import trace as trace_cmd
 from sqemu import trace_convert
 
 ALIBABA = '''device_id,opcode,offset,length,timestamp
@@ -66,9 +67,9 @@ def test_fio_replays_the_converted_log(tmp_path):
     trace = tmp_path / 'alibaba.csv'
     trace.write_text(ALIBABA)
     log = tmp_path / 'replay.iolog'
-    assert trace_convert.main(['convert', '--from', 'alibaba', '--volume',
-                               '3', '--target', str(target), str(trace),
-                               str(log)]) == 0
+    assert trace_cmd.main(['convert', '--from', 'alibaba', '--volume',
+                           '3', '--target', str(target), str(trace),
+                           str(log)]) == 0
     out = subprocess.run(['fio', '--name=replay', '--read_iolog=%s' % log,
                           '--ioengine=psync', '--output-format=json'],
                          capture_output=True, text=True, check=True).stdout
@@ -82,7 +83,7 @@ def test_fio_replays_the_converted_log(tmp_path):
 def test_no_operation_is_an_error(tmp_path, capsys):
     trace = tmp_path / 't.csv'
     trace.write_text(ALIBABA)
-    assert trace_convert.main(['convert', '--from', 'alibaba', '--volume',
-                               '99', '--target', 'x', str(trace),
-                               str(tmp_path / 'o')]) == 1
+    assert trace_cmd.main(['convert', '--from', 'alibaba', '--volume',
+                           '99', '--target', 'x', str(trace),
+                           str(tmp_path / 'o')]) == 1
     assert 'no operation of volume 99' in capsys.readouterr().err
