@@ -4,12 +4,16 @@
 #
 #   pool scan PATH... [--json FILE] [--plots DIR]
 #
-# reads every regular file under the PATHs (directories recursively),
+# reads every regular file under the PATHs (directories recursively; a
+# PATH is a local file or directory or an nfs://SERVER/EXPORT[/DIR] URL,
+# read over NFSv3 with libnfs, nfs_client.py, one mount per export),
 # headers only, never data: the qcow2 header, its extensions and its
 # backing file name (the first 4 KiB of a file, more only where its
 # header goes on past them, up to its first cluster).  It follows backing
-# names as QEMU resolves them (an absolute name as it is, a relative one
-# against the directory of the image that names it) and reports every
+# names as QEMU resolves them (an absolute name as it is, an nfs:// name as
+# a URL, a relative one against the directory of the image that names
+# it, for an image on nfs:// its URL's directory as with sQemu's patch
+# 0054) and reports every
 # chain (a top: a qcow2 file that no other scanned file names as its
 # backing file; its length counts the top and every layer below it, a
 # raw base included), the layers it shares with other chains, its
@@ -21,8 +25,10 @@
 # error and the scan goes on: not a qcow2 or raw image, a truncated or
 # inconsistent header, a missing backing file, a loop of backing files, a
 # backing name outside the scanned paths (not followed: the scan reads
-# nothing outside them), a protocol or json: backing name, a file that
-# changed while it was read.
+# nothing outside them), a json: or other protocol's backing name, a file
+# that changed while it was read, an nfs:// export that cannot be mounted
+# (one error naming the URL) or libnfs missing.  Files on nfs:// are named
+# by their URL.
 #
 #   pool index PATH... [--limit N] [--dry-run] [--qemu-img QEMU_IMG]
 #
@@ -35,16 +41,15 @@
 # Also: the intervals between a chain's snapshots (from the modification
 # times of its layers below the top), the chains to convert first, and
 # with --plots the distributions as PNG figures.
-#
-# Not yet: nfs:// exports.
 
 import argparse
+import errno
 import os
 import signal
 import stat
 import struct
 
-from sqemu import pool_generator, util
+from sqemu import nfs_client, pool_generator, util
 
 QCOW2_MAGIC = b'QFI\xfb'
 EXT_END = 0
@@ -164,30 +169,20 @@ def parse_qcow2(head, file_size):
     return size, name, autoclear, exts
 
 
-def read_image(path):
-    """The Image of file @path; BadImage if it is no image this scan can
-    follow, OSError if it cannot be read"""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
-    try:
-        before = os.fstat(fd)
-        head = os.pread(fd, FIRST_READ, 0)
-        parsed = None
-        if head[:4] == QCOW2_MAGIC:
-            try:
-                parsed = parse_qcow2(head, before.st_size)
-            except NeedMore as more:
-                head = os.pread(fd, more.size, 0)
-                parsed = parse_qcow2(head, before.st_size)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if (before.st_size, before.st_mtime_ns) != \
-            (after.st_size, after.st_mtime_ns):
-        raise BadImage('changed while it was read (being written?)')
-    ident = (before.st_dev, before.st_ino)
-    mtime = before.st_mtime_ns / 1e9
+def image_of(path, ident, file_size, mtime, pread):
+    """The Image of the file @path (@ident, @file_size bytes, written at
+    @mtime) whose first bytes @pread(size) returns; BadImage if it is no
+    image this scan can follow"""
+    head = pread(FIRST_READ)
+    parsed = None
+    if head[:4] == QCOW2_MAGIC:
+        try:
+            parsed = parse_qcow2(head, file_size)
+        except NeedMore as more:
+            head = pread(more.size)
+            parsed = parse_qcow2(head, file_size)
     if parsed is None:
-        return Image(path, ident, 'raw', before.st_size, mtime=mtime)
+        return Image(path, ident, 'raw', file_size, mtime=mtime)
     size, name, autoclear, exts = parsed
     sqbi = sqbi_error = None
     if EXT_SQBI in exts:
@@ -196,18 +191,82 @@ def read_image(path):
                  sqbi_error, mtime)
 
 
+def read_image(path):
+    """The Image of file @path; BadImage if it is no image this scan can
+    follow, OSError if it cannot be read"""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
+    try:
+        before = os.fstat(fd)
+        img = image_of(path, (before.st_dev, before.st_ino),
+                       before.st_size, before.st_mtime_ns / 1e9,
+                       lambda size: os.pread(fd, size, 0))
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (before.st_size, before.st_mtime_ns) != \
+            (after.st_size, after.st_mtime_ns):
+        raise BadImage('changed while it was read (being written?)')
+    return img
+
+
+def read_nfs_image(export, url, listed, first=None):
+    """The Image of the file at @url (an nfs_client.Url) on mount
+    @export, whose attributes the directory listing gave as @listed (an
+    nfs_client.Stat); @first, if given, is (its first FIRST_READ bytes,
+    its attributes once they were read), as Export.read_heads() gives
+    them.  BadImage if it is no image this scan can follow,
+    nfs_client.NfsError if it cannot be read"""
+    opened = []
+
+    def pread(size):
+        if first is not None and size == FIRST_READ:
+            return first[0]
+        if not opened:
+            opened.append(export.open(url.path))
+        return opened[0].pread(size)
+
+    try:
+        img = image_of(str(url), listed.ident, listed.size,
+                       listed.mtime_ns / 1e9, pread)
+        after = opened[0].stat() if opened else first[1]
+    finally:
+        for f in opened:
+            f.close()
+    if (listed.ident, listed.size, listed.mtime_ns) != \
+            (after.ident, after.size, after.mtime_ns):
+        raise BadImage('changed while it was read (being written?)')
+    return img
+
+
 def resolve_backing(image_path, name):
-    """The path QEMU opens for backing file name @name of the image at
-    @image_path, or BadImage for a name this scan does not follow"""
+    """What QEMU opens for backing file name @name of the image at
+    @image_path (a local path or, for an image on nfs://, its URL's
+    text): a local path or an nfs_client.Url; BadImage for a name this
+    scan does not follow"""
     if name.startswith('json:'):
         raise BadImage('json: backing file name (not followed)')
+    if nfs_client.is_url(name):
+        return parse_backing_url(name, name)
     head = name.split('/', 1)[0]
     if ':' in head and not name.startswith('/'):
         raise BadImage('backing file name %r names a protocol (not '
                        'followed)' % name)
     if os.path.isabs(name):
         return name
+    if nfs_client.is_url(image_path):
+        # QEMU joins the texts: the image's directory's URL and the name
+        # (which may hold %-escapes or a query, as any URL)
+        directory = nfs_client.dirname(nfs_client.parse_url(image_path))
+        return parse_backing_url(str(directory).rstrip('/') + '/' + name,
+                                 name)
     return os.path.join(os.path.dirname(image_path), name)
+
+
+def parse_backing_url(text, name):
+    try:
+        return nfs_client.parse_url(text)
+    except nfs_client.BadUrl as e:
+        raise BadImage('backing file %s: %s' % (name, e))
 
 
 def walk(paths, errors):
@@ -244,27 +303,87 @@ def within(path, roots):
 
 
 class Scan:
-    """A scan of the pool under @paths"""
+    """A scan of the pool under @paths (local paths and nfs:// URLs);
+    @nfs an nfs_client.Client to read nfs:// URLs with (default: a new
+    one, closed once the scan is done)"""
 
-    def __init__(self, paths):
+    def __init__(self, paths, nfs=None):
         self.errors = []
-        self.roots = [os.path.realpath(p) for p in paths]
-        self.files = walk(paths, self.errors)
-        self.images = {}                # path -> Image
-        self.by_ident = {}              # (dev, ino) -> Image
-        self.broken = {}                # path -> why it cannot be used
-        self.below = {}                 # ident -> backing_of() result
-        for p in self.files:
-            self.load(p)
-        self.chains = self.find_chains()
+        local = [p for p in paths if not nfs_client.is_url(p)]
+        self.roots = [os.path.realpath(p) for p in local]
+        self.files = walk(local, self.errors)
+        self.nfs = nfs or nfs_client.Client()
+        self.nfs_roots = []             # nfs_client.Url
+        self.nfs_files = {}             # URL text -> (Export, Url, Stat)
+        try:
+            for p in paths:
+                if nfs_client.is_url(p):
+                    self.walk_nfs(p)
+            self.files = sorted(set(self.files) | set(self.nfs_files))
+            self.images = {}            # path -> Image
+            self.by_ident = {}          # (dev, ino) -> Image
+            self.broken = {}            # path -> why it cannot be used
+            self.below = {}             # ident -> backing_of() result
+            heads = self.read_nfs_heads()
+            for p in self.files:
+                self.load(p, heads.pop(p, None))
+            self.chains = self.find_chains()
+        finally:
+            if nfs is None:
+                self.nfs.close()
 
     def error(self, path, text):
         self.errors.append({'file': path, 'error': text})
 
-    def load(self, path):
+    def walk_nfs(self, text):
+        """List the regular files under the nfs:// URL @text (a file or
+        a directory) into nfs_files"""
         try:
-            img = read_image(path)
-        except (BadImage, OSError) as e:
+            url = nfs_client.parse_url(text)
+            export = self.nfs.export_for(url)
+            st = export.stat(url.path)
+        except nfs_client.NfsError as e:
+            self.error(text, str(e))
+            return
+        self.nfs_roots.append(url)
+        if st.kind == 'file':
+            found = [(url.path, st)]
+        elif st.kind == 'dir':
+            found = export.walk(url.path, lambda d, e: self.error(
+                str(nfs_client.Url(url.server, d)), str(e)))
+        else:
+            self.error(text, 'not a regular file or directory')
+            return
+        for path, st in found:
+            f = nfs_client.Url(url.server, path)
+            self.nfs_files[str(f)] = (export, f, st)
+
+    def read_nfs_heads(self):
+        """{URL text: (first bytes, attributes after) or NfsError} of the
+        files on nfs://, read many at a time over each mount"""
+        heads = {}
+        by_export = {}
+        for text, (export, url, _) in self.nfs_files.items():
+            by_export.setdefault(id(export), (export, []))[1].append(url)
+        for export, urls in by_export.values():
+            server = urls[0].server
+            for path, data, after, error in export.read_heads(
+                    sorted(u.path for u in urls), FIRST_READ):
+                text = str(nfs_client.Url(server, path))
+                heads[text] = error or (data, after)
+        return heads
+
+    def load(self, path, head=None):
+        """The Image of file @path, or None with its error noted; @head
+        what read_nfs_heads() read of it, for a file on nfs://"""
+        try:
+            if isinstance(head, Exception):
+                raise head
+            if path in self.nfs_files:
+                img = read_nfs_image(*self.nfs_files[path], first=head)
+            else:
+                img = read_image(path)
+        except (BadImage, OSError, nfs_client.NfsError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror \
                 else str(e)
             self.broken[path] = why
@@ -292,6 +411,8 @@ class Scan:
         if img.format != 'qcow2' or img.backing_name is None:
             return None
         path = resolve_backing(img.path, img.backing_name)
+        if isinstance(path, nfs_client.Url):
+            return self.resolve_url(img, path)
         if not within(path, self.roots):
             raise BadImage('backing file %s is outside the scanned pool '
                            '(not followed)' % img.backing_name)
@@ -308,6 +429,32 @@ class Scan:
                            (img.backing_name, self.broken[path]))
         raise BadImage('backing file %s is not a regular file' %
                        img.backing_name)
+
+    def resolve_url(self, img, url):
+        """The Image of backing file @url (an nfs_client.Url) of @img"""
+        name = img.backing_name
+        if not any(url.within(root) for root in self.nfs_roots):
+            raise BadImage('backing file %s is outside the scanned pool '
+                           '(not followed)' % name)
+        text = str(url)
+        if text in self.images:
+            return self.by_ident[self.images[text].ident]
+        if text in self.broken:
+            raise BadImage('backing file %s: %s' % (name, self.broken[text]))
+        # not listed: a symbolic link, or missing
+        export = self.nfs.find(url)
+        try:
+            if export is None:
+                raise nfs_client.NfsError('no mount')
+            st = export.stat(url.path)
+        except nfs_client.NfsError as e:
+            if e.errno == errno.ENOENT:
+                raise BadImage('backing file %s does not exist' % name)
+            raise BadImage('backing file %s cannot be read: %s' % (name, e))
+        found = self.by_ident.get(st.ident)
+        if found:
+            return found
+        raise BadImage('backing file %s is not a regular file' % name)
 
     def chain_of(self, top):
         """The layers of the chain whose top is @top, top first, and the
@@ -558,8 +705,10 @@ def parse_args(argv=None):
     scan = sub.add_parser('scan', help='find and describe every chain under '
                           'the paths', description='Read every regular file '
                           'under PATH (directories recursively; headers '
-                          'only) and report each chain, its length, the '
-                          'layers it shares with other chains and its '
+                          'only; a PATH may be an nfs://SERVER/EXPORT[/DIR] '
+                          'URL, read over NFSv3 with libnfs) and report '
+                          'each chain, its length, the layers it shares '
+                          'with other chains and its '
                           'backing index state; files that cannot be '
                           'followed are reported as errors and the scan '
                           'goes on.')
@@ -601,6 +750,10 @@ def parse_args(argv=None):
         parser.error('--files must be at least 1')
     if args.command == 'index' and args.limit < 0:
         parser.error('--limit must be at least 0')
+    if args.command == 'index' and any(nfs_client.is_url(p)
+                                       for p in args.paths):
+        parser.error('index converts local chains only (nfs:// paths can '
+                     'be scanned, not converted)')
     return args
 
 

@@ -4,11 +4,12 @@
 # errors of hostile pools, on qcow2 headers written here byte by byte.
 
 import os
+import stat
 import struct
 
 import pytest
 
-from sqemu import pool
+from sqemu import nfs_client, pool
 
 MiB = 1 << 20
 
@@ -170,6 +171,7 @@ def test_hostile_files_each_get_an_error(tmp_path):
     write_qcow2(d / 'out.qcow2', backing='../outside/secret.img')
     write_qcow2(d / 'json.qcow2', backing='json:{"file": {}}')
     write_qcow2(d / 'nfs.qcow2', backing='nfs://10.0.0.1/e/x.qcow2')
+    write_qcow2(d / 'http.qcow2', backing='http://10.0.0.1/x.qcow2')
     write_qcow2(d / 'bits.qcow2', cluster_bits=30)
     write_qcow2(d / 'utf.qcow2', name_bytes=b'\xff\xfe.qcow2')
     write_qcow2(d / 'good.qcow2')
@@ -181,7 +183,9 @@ def test_hostile_files_each_get_an_error(tmp_path):
     assert 'does not exist' in errs['missing.qcow2']
     assert 'outside the scanned pool' in errs['out.qcow2']
     assert 'json:' in errs['json.qcow2']
-    assert 'protocol' in errs['nfs.qcow2']
+    # an nfs:// name is a URL, outside the pool unless it was scanned
+    assert 'outside the scanned pool' in errs['nfs.qcow2']
+    assert 'protocol' in errs['http.qcow2']
     assert 'cluster bits' in errs['bits.qcow2']
     assert 'UTF-8' in errs['utf.qcow2']
     assert 'truncated' in errs['trunc.qcow2']
@@ -193,7 +197,7 @@ def test_hostile_files_each_get_an_error(tmp_path):
     assert 'does not exist' in chains['missing.qcow2']['error']
     assert chains['good.qcow2']['length'] == 1
     assert 'bits.qcow2' not in chains
-    assert rep['files'] == 10
+    assert rep['files'] == 11
 
 
 def test_a_file_that_changes_while_read(tmp_path, monkeypatch):
@@ -330,3 +334,244 @@ def test_plots(tmp_path):
     for p in written:
         with open(p, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+# nfs:// roots, on a fake client that serves local directories as exports
+# (nfs_client's own tests cover URLs and the library; the iotest
+# sqemu-pool-scan-nfs reads real NFS servers)
+
+class FakeFile:
+    def __init__(self, export, path):
+        self.export = export
+        self.local = export.local(path)
+
+    def pread(self, size, offset=0):
+        with open(self.local, 'rb') as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def stat(self):
+        return self.export.stat_local(os.stat(self.local))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class FakeExport:
+    """Export @export of server @server, its files those of directory
+    @directory; @fail: paths whose reads fail; @changes: paths whose
+    modification time changes while they are read"""
+
+    def __init__(self, server, export, directory):
+        self.server = server
+        self.export = export
+        self.directory = str(directory)
+        self.fail = set()
+        self.changes = set()
+
+    def url(self, path=''):
+        return nfs_client.Url(self.server, path or self.export)
+
+    def local(self, path):
+        assert path == self.export or path.startswith(self.export + '/')
+        return self.directory + path[len(self.export):]
+
+    def stat_local(self, st, mtime_ns=None):
+        kind = 'file' if stat.S_ISREG(st.st_mode) else \
+            'dir' if stat.S_ISDIR(st.st_mode) else 'other'
+        return nfs_client.Stat((self.server, st.st_dev, st.st_ino), kind,
+                               st.st_size, mtime_ns or st.st_mtime_ns)
+
+    def stat(self, path):
+        try:
+            return self.stat_local(os.stat(self.local(path)))
+        except FileNotFoundError:
+            raise nfs_client.NfsError('stat %s: NFS3ERR_NOENT' % path, 2)
+
+    def walk(self, path, onerror=None):
+        found = []
+        for d, _, files in os.walk(self.local(path)):
+            for f in files:
+                local = os.path.join(d, f)
+                st = os.lstat(local)
+                if stat.S_ISREG(st.st_mode):
+                    found.append((self.export + local[len(self.directory):],
+                                  self.stat_local(st)))
+        return sorted(found, key=lambda f: f[0])
+
+    def open(self, path):
+        return FakeFile(self, path)
+
+    def read_heads(self, paths, size):
+        for path in paths:
+            if path in self.fail:
+                yield (path, None, None,
+                       nfs_client.NfsError('read %s: NFS3ERR_IO' % path, 5))
+                continue
+            after = self.stat(path)
+            if path in self.changes:
+                after.mtime_ns += 1
+            yield (path, FakeFile(self, path).pread(size), after, None)
+
+
+class FakeClient:
+    """Mounts the FakeExports given; any other server cannot be reached"""
+
+    def __init__(self, *exports):
+        self.exports = exports
+        self.mounted = []
+
+    def find(self, url):
+        for e in self.exports:
+            if url.within(e.url()) and e in self.mounted:
+                return e
+        return None
+
+    def export_for(self, url):
+        for e in self.exports:
+            if url.within(e.url()):
+                self.mounted.append(e)
+                return e
+        raise nfs_client.NfsError('cannot mount %s:%s: connect() to server '
+                                  'failed' % (url.server, url.path))
+
+    def close(self):
+        pass
+
+
+def nfs_scan(client, *paths):
+    return pool.Scan([str(p) for p in paths], nfs=client).report()
+
+
+def nfs_pool(tmp_path):
+    """Two nodes: n0 serving tmp/node0 as /node0, n1 tmp/node1 as /node1"""
+    for d in ('node0/pool/vm1', 'node1'):
+        (tmp_path / d).mkdir(parents=True)
+    return (FakeExport('n0', '/node0', tmp_path / 'node0'),
+            FakeExport('n1', '/node1', tmp_path / 'node1'))
+
+
+def test_nfs_chains_relative_and_across_nodes(tmp_path):
+    n0, n1 = nfs_pool(tmp_path)
+    p0 = tmp_path / 'node0' / 'pool'
+    write_qcow2(p0 / 'base.qcow2')
+    write_qcow2(p0 / 'mid.qcow2', backing='base.qcow2')
+    write_qcow2(p0 / 'top.qcow2', backing='mid.qcow2')
+    write_qcow2(p0 / 'vm1' / 'disk.qcow2', backing='../mid.qcow2')
+    # across nodes: an nfs:// name, then relative names on node 1
+    write_qcow2(tmp_path / 'node1' / 'n1a.qcow2',
+                backing='nfs://n0/node0/pool/top.qcow2')
+    write_qcow2(tmp_path / 'node1' / 'n1b.qcow2', backing='n1a.qcow2')
+    client = FakeClient(n0, n1)
+    rep = nfs_scan(client, 'nfs://n0/node0/pool', 'nfs://N1/node1/')
+    assert not rep['errors'] and rep['files'] == 6
+    chains = {c['top']: c for c in rep['chains']}
+    assert sorted(chains) == ['nfs://n0/node0/pool/vm1/disk.qcow2',
+                              'nfs://n1/node1/n1b.qcow2']
+    assert chains['nfs://n1/node1/n1b.qcow2']['length'] == 5
+    assert chains['nfs://n1/node1/n1b.qcow2']['shared_layers'] == 2
+    assert chains['nfs://n0/node0/pool/vm1/disk.qcow2']['length'] == 3
+
+
+def test_nfs_hostile_files_each_get_an_error(tmp_path):
+    n0, n1 = nfs_pool(tmp_path)
+    p0 = tmp_path / 'node0' / 'pool'
+    write_qcow2(p0 / 'good.qcow2')
+    write_qcow2(p0 / 'loop-a.qcow2', backing='loop-b.qcow2')
+    write_qcow2(p0 / 'loop-b.qcow2', backing='loop-a.qcow2')
+    write_qcow2(p0 / 'into-loop.qcow2', backing='loop-a.qcow2')
+    write_qcow2(p0 / 'orphan.qcow2', backing='gone.qcow2')
+    (p0 / 'trunc.qcow2').write_bytes(pool.QCOW2_MAGIC + bytes(20))
+    write_qcow2(p0 / 'on-trunc.qcow2', backing='trunc.qcow2')
+    # out of the root: up a directory, another server, a local file
+    write_qcow2(tmp_path / 'node0' / 'secret.qcow2')
+    write_qcow2(p0 / 'up.qcow2', backing='../secret.qcow2')
+    write_qcow2(p0 / 'far.qcow2', backing='nfs://n9/e/x.qcow2')
+    write_qcow2(p0 / 'local.qcow2', backing='/etc/passwd')
+    write_qcow2(p0 / 'query.qcow2', backing='good.qcow2?version=4')
+    write_qcow2(p0 / 'bad-read.qcow2')
+    write_qcow2(p0 / 'busy.qcow2')
+    n0.fail.add('/node0/pool/bad-read.qcow2')
+    n0.changes.add('/node0/pool/busy.qcow2')
+    client = FakeClient(n0, n1)
+    rep = nfs_scan(client, 'nfs://n0/node0/pool', 'nfs://dead/e')
+    errs = {e['file'].replace('nfs://n0/node0/pool/', ''): e['error']
+            for e in rep['errors']}
+    assert 'loops back' in errs['loop-b.qcow2']
+    assert 'gone.qcow2 does not exist' in errs['orphan.qcow2']
+    assert 'truncated' in errs['trunc.qcow2']
+    assert 'trunc.qcow2' in errs['on-trunc.qcow2']
+    for f in ('up.qcow2', 'far.qcow2', 'local.qcow2'):
+        assert 'outside the scanned pool' in errs[f], f
+    assert 'unknown NFS parameter version' in errs['query.qcow2']
+    assert 'NFS3ERR_IO' in errs['bad-read.qcow2']
+    assert 'changed while it was read' in errs['busy.qcow2']
+    # the server that cannot be reached: one error naming the URL
+    assert errs['nfs://dead/e'].startswith('cannot mount dead:/e')
+    assert 'good.qcow2' not in errs
+    chains = {c['top'].replace('nfs://n0/node0/pool/', ''): c
+              for c in rep['chains']}
+    assert chains['good.qcow2']['length'] == 1
+    assert chains['into-loop.qcow2']['length'] == 3
+    assert 'loops' in chains['into-loop.qcow2']['error']
+    assert rep['files'] == 13
+
+
+def test_a_mix_of_local_and_nfs_roots(tmp_path):
+    n0, _ = nfs_pool(tmp_path)
+    p0 = tmp_path / 'node0' / 'pool'
+    local = tmp_path / 'local'
+    local.mkdir()
+    write_qcow2(local / 'base.qcow2')
+    # on nfs:// an absolute name is a local path, as QEMU opens it
+    write_qcow2(p0 / 'mid.qcow2', backing=str(local / 'base.qcow2'))
+    write_qcow2(local / 'top.qcow2', backing='nfs://n0/node0/pool/mid.qcow2')
+    rep = nfs_scan(FakeClient(n0), local, 'nfs://n0/node0/pool')
+    assert not rep['errors'] and rep['files'] == 3
+    assert [(c['top'], c['length']) for c in rep['chains']] == \
+        [(str(local / 'top.qcow2'), 3)]
+    # without the nfs:// root, the nfs:// name is outside the pool
+    rep = nfs_scan(FakeClient(n0), local)
+    assert 'outside the scanned pool' in \
+        errors(rep)['top.qcow2']
+
+
+def test_nfs_backing_name_through_a_symbolic_link(tmp_path):
+    n0, _ = nfs_pool(tmp_path)
+    p0 = tmp_path / 'node0' / 'pool'
+    write_qcow2(p0 / 'base.qcow2')
+    os.symlink('base.qcow2', p0 / 'current.qcow2')
+    os.symlink('nothere.qcow2', p0 / 'dangling.qcow2')
+    write_qcow2(p0 / 'top.qcow2', backing='current.qcow2')
+    write_qcow2(p0 / 'top2.qcow2', backing='dangling.qcow2')
+    rep = nfs_scan(FakeClient(n0), 'nfs://n0/node0/pool')
+    chains = {c['top']: c for c in rep['chains']}
+    assert chains['nfs://n0/node0/pool/top.qcow2']['length'] == 2
+    assert 'does not exist' in chains['nfs://n0/node0/pool/top2.qcow2'][
+        'error']
+    assert rep['files'] == 3
+
+
+def test_nfs_roots_without_libnfs(tmp_path, monkeypatch):
+    monkeypatch.setattr(nfs_client, '_library', None)
+    monkeypatch.setattr(nfs_client, 'LIBRARY', 'libnfs-not-here.so.99')
+    write_qcow2(tmp_path / 'a.qcow2')
+    rep = scan(tmp_path, 'nfs://192.0.2.1/export')
+    assert [os.path.basename(c['top']) for c in rep['chains']] == ['a.qcow2']
+    assert len(rep['errors']) == 1
+    e = rep['errors'][0]
+    assert e['file'] == 'nfs://192.0.2.1/export'
+    assert 'libnfs-not-here.so.99' in e['error'] and 'libnfs13' in e['error']
+
+
+def test_index_refuses_nfs_paths(capsys):
+    with pytest.raises(SystemExit) as e:
+        pool.main(['index', 'nfs://h/e'])
+    assert e.value.code == 2
+    assert 'nfs://' in capsys.readouterr().err
