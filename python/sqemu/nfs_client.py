@@ -335,6 +335,10 @@ class Export:
                                  export.encode())
         if ret < 0:
             error = self.error(ret)
+            if error == 'nfs_service failed':
+                # what libnfs says of a connection refused or reset
+                error = 'no connection (server down or unreachable; ' \
+                    'libnfs: %s)' % error
             self.close()
             raise NfsError('cannot mount %s:%s: %s' % (server, export, error),
                            -ret)
