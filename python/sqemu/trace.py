@@ -5,14 +5,21 @@
 # add_parser(sub) and sets the function that runs it (run) and the
 # exceptions it reports as errors (errors):
 #
-#   trace convert   public CSV traces as fio iologs (trace_convert.py)
+#   trace record    a running QEMU's disk I/O into a trace file, over QMP
+#   trace overhead  what recording costs (both in trace_record.py)
+#   trace convert   sQemu's and public CSV traces as fio iologs
+#                   (trace_convert.py)
+#   trace replay    an iolog against stock and ours on one chain, side by
+#                   side (trace_replay.py)
 
 import argparse
 
 from sqemu import trace_convert
+from sqemu import trace_record
+from sqemu import trace_replay
 from sqemu import util
 
-SUBCOMMANDS = (trace_convert,)
+SUBCOMMANDS = (trace_record, trace_convert, trace_replay)
 
 
 def parse_args(argv=None):
