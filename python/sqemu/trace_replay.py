@@ -67,12 +67,13 @@
 # operations (p50, p90, p99, p99.9, max), and the ratio ours/stock of each;
 # ours' backing index counters (direct reads, vanilla fallbacks) from
 # query-blockstats, which say whether ours read through the index.  Every
-# replay must issue exactly the log's operations (counts and bytes of each
-# kind); the report says so, and a mismatch is an error (exit status 1,
-# after the table and the JSON).  fio 3.33 (Debian 12) does not replay
-# trims from an iolog (it skips them: "bad ddir: 2"); a log with trims is
-# then refused unless --skip-trims, which leaves them out of the replay
-# and of the counts it is checked against.
+# replay must issue, and see completed, exactly the log's operations
+# (reads, writes, trims, their bytes, and syncs, which fio's nbd engine
+# sends as flushes); the report says so, and a mismatch is an error
+# (exit status 1, after the table and the JSON).  fio 3.33 (Debian 12)
+# does not replay trims from an iolog (it skips them: "bad ddir: 2"); a
+# log with trims is then refused unless --skip-trims, which leaves them
+# out of the replay and of the counts it is checked against.
 
 import argparse
 import os
