@@ -7,8 +7,9 @@
  *
  * block-io-trace-start, block-io-trace-stop and query-block-io-traces: a
  * trace is named by the BlockBackend it records, as the other block device
- * commands name one (a -drive's name, or a device's qdev id or QOM path), or
- * by a block export's id, which is how qemu-storage-daemon's disks are known.
+ * commands name one (a -drive's name, or a device's qdev id or QOM path; a
+ * virtio-blk-pci's id stands for its virtio-backend's path), or by a block
+ * export's id, which is how qemu-storage-daemon's disks are known.
  */
 
 #include "qemu/osdep.h"
@@ -41,7 +42,19 @@ static BlockBackend *block_io_trace_lookup(bool has_device, const char *device,
     }
     if (has_id) {
         *target = id;
-        return blk_by_qdev_id(id, errp);
+        blk = blk_by_qdev_id(id, NULL);
+        if (!blk && id[0] != '/') {
+            /* virtio-blk-pci's disk is its virtio-backend's (libvirt names
+             * it by that path) */
+            g_autofree char *backend =
+                g_strdup_printf("/machine/peripheral/%s/virtio-backend", id);
+            blk = blk_by_qdev_id(backend, NULL);
+        }
+        if (!blk) {
+            /* say why the id itself did not do */
+            blk_by_qdev_id(id, errp);
+        }
+        return blk;
     }
     *target = export;
     exp = blk_exp_find(export);

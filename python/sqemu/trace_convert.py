@@ -3,12 +3,18 @@
 # trace convert: public block I/O traces as fio iolog version 3 (issue 21,
 # the conversion part of the trace tools).
 #
-#   trace convert --from alibaba|tencent [--volume ID] IN OUT --target FILE
+#   trace convert --from sqemu|alibaba|tencent [--volume ID] IN OUT
+#                 --target FILE
 #
-# reads a trace in one of the public CSV formats and writes the same
-# operations as a fio iolog (version 3) that replays them against FILE
-# (a disk, or an NBD export through fio's nbd engine: any name fio opens):
+# reads a trace recorded by sQemu (block-io-trace-start, trace record) or
+# in one of the public CSV formats and writes the same operations as a fio
+# iolog (version 3) that replays them against FILE (a disk, or an NBD
+# export through fio's nbd engine: any name fio opens):
 #
+#   sqemu     sQemu's I/O trace files (python/sqemu/trace_file.py): reads,
+#             writes (write zeroes too), discards as trims, flushes as
+#             syncs, at the time each was issued; the recorded latencies
+#             are summed up
 #   alibaba   Alibaba's block traces (2020): device_id,opcode,offset,
 #             length,timestamp; opcode R or W, offset and length in bytes,
 #             timestamp in microseconds
@@ -24,7 +30,12 @@
 # is an error that names its line.  What a trace records is kept as it
 # is: the operation, offset, length and time, nothing else.
 
-FORMATS = ('alibaba', 'tencent')
+from sqemu import trace_file
+
+FORMATS = ('sqemu', 'alibaba', 'tencent')
+# sQemu's operations as fio iolog actions
+SQEMU_ACTIONS = {'read': 'read', 'write': 'write', 'discard': 'trim',
+                 'flush': 'sync'}
 SECTOR = 512
 
 
@@ -76,6 +87,15 @@ def read_trace(lines, fmt, volume=None):
     return _ops_from(lines, parse, volume)
 
 
+def read_sqemu(path):
+    """The operations of sQemu trace file @path as read_trace gives them
+    (sync operations have offset and length 0), and the trace"""
+    trace = trace_file.Trace(path)
+    ops = [(issued // 1000, SQEMU_ACTIONS[op], offset, length)
+           for issued, _, offset, length, op, _, _ in trace.requests]
+    return ops, trace
+
+
 def fio_iolog(ops, target):
     """fio iolog version 3 lines that replay @ops against @target, at the
     recorded pace (timestamps from the first operation)"""
@@ -90,8 +110,16 @@ def fio_iolog(ops, target):
 
 
 def cmd_convert(args):
-    with open(args.input) as f:
-        ops = read_trace(f, args.format, args.volume)
+    trace = None
+    if args.format == 'sqemu':
+        if args.volume:
+            raise TraceError('--volume: an sQemu trace records one disk')
+        ops, trace = read_sqemu(args.input)
+        for warning in trace.warnings():
+            print('trace convert: warning: %s: %s' % (args.input, warning))
+    else:
+        with open(args.input) as f:
+            ops = read_trace(f, args.format, args.volume)
     if not ops:
         raise TraceError('%s holds no operation%s' % (
             args.input, ' of volume %s' % args.volume if args.volume else ''))
@@ -101,15 +129,21 @@ def cmd_convert(args):
           (len(ops), sum(1 for o in ops if o[1] == 'read'),
            (max(o[0] for o in ops) - min(o[0] for o in ops)) / 1e6,
            args.output))
+    if trace:
+        for op, (n, p50, p99, top) in sorted(
+                trace_file.latency_summary(trace.requests).items()):
+            print('trace convert: recorded %s latency: n=%d  p50 %.0f us  '
+                  'p99 %.0f us  max %.0f us' % (op, n, p50, p99, top))
 
 
 def add_parser(sub):
     """trace convert's parser, under @sub (trace's subcommands)"""
-    conv = sub.add_parser('convert', help='a public CSV trace as a fio '
+    conv = sub.add_parser('convert', help='a block trace as a fio '
                           'iolog (version 3)', description='Write the '
-                          'operations of a public block trace (Alibaba '
-                          '2020, Tencent CBS 2018 CSV) as a fio iolog '
-                          'version 3 replaying them against --target.')
+                          'operations of a block trace (sQemu\'s I/O '
+                          'trace files, Alibaba 2020 or Tencent CBS 2018 '
+                          'CSV) as a fio iolog version 3 replaying them '
+                          'against --target.')
     conv.add_argument('--from', dest='format', choices=FORMATS,
                       required=True, help='the trace\'s format')
     conv.add_argument('--volume', help='keep this volume only (alibaba '
@@ -118,4 +152,5 @@ def add_parser(sub):
                       help='the file name fio replays the operations on')
     conv.add_argument('input', metavar='IN')
     conv.add_argument('output', metavar='OUT')
-    conv.set_defaults(run=cmd_convert, errors=(TraceError, OSError))
+    conv.set_defaults(run=cmd_convert, errors=(
+        TraceError, trace_file.TraceFileError, OSError))
