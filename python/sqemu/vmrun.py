@@ -14,6 +14,13 @@ snapshots of the data disk over QMP (blockdev-snapshot-sync) while the guest
 writes, timing each, then tells the guest to stop and verify.  With
 --layer-blockdev OPTS the data disk's chain is opened as one -blockdev per
 layer, each with OPTS (e.g. stock QEMU's L2 cache split per layer).
+
+With --io-trace PREFIX (the Debian guest) QEMU starts paused (-S) with a
+QMP socket; block-io-trace-start (an sQemu command: stock QEMU has none)
+records the root disk (-drive root) into PREFIX-root.iotrace and the data
+disk (-drive data) into PREFIX-data.iotrace, then the guest runs (cont).
+QEMU completes the trace files when it exits; the summary reports their
+records.
 """
 
 import argparse
@@ -32,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqemu import paths, util
+from sqemu import paths, trace_file, util
 from sqemu import qmp as sqemu_qmp
 
 DEFAULT_GUEST_DIR = Path("build/guest")
@@ -84,6 +91,7 @@ class GuestRun:
     snapshot_seconds: list = dataclasses.field(default_factory=list)
     snapshot_error: str | None = None
     top: str | None = None
+    trace_error: str | None = None
 
 
 def key_values(text):
@@ -191,6 +199,9 @@ def qemu_command(args, accel, workload):
               "-kernel", str(guest_kernel(args))]
     if args.qmp:
         common += ["-qmp", f"unix:{args.qmp},server=on,wait=off"]
+    if args.io_trace:
+        # Paused until the traces are on (start_traces)
+        common.append("-S")
     if args.guest == "initramfs":
         return [*common, "-initrd", str(guest / "initramfs.cpio.gz"),
                 "-append", f"console=ttyS0 quiet panic=-1 "
@@ -377,6 +388,73 @@ def take_snapshots(args, proc, run):
             pass
 
 
+def trace_targets(args):
+    """[(-drive id, trace file)] that --io-trace records: the root disk,
+    and the data disk if there is one."""
+    if not args.io_trace:
+        return []
+    drives = ["root"] + (["data"] if args.disk else [])
+    return [(drive, f"{args.io_trace}-{drive}.iotrace") for drive in drives]
+
+
+def start_trace_error(message, qemu):
+    """What to say when block-io-trace-start failed with QMP's @message."""
+    if "has not been found" in message or "CommandNotFound" in message:
+        return (f"{qemu} has no block-io-trace-start: only sQemu's "
+                "qemu-system-x86_64 (build/qemu) records I/O traces "
+                "(--io-trace)")
+    return message
+
+
+def start_traces(monitor, targets, qemu):
+    """Start a trace per (drive, file) of @targets through QMP @monitor,
+    then let the paused guest run (cont)."""
+    for drive, path in targets:
+        try:
+            monitor.cmd("block-io-trace-start", device=drive, filename=path)
+        except RunError as e:
+            raise RunError(f"tracing drive {drive}: "
+                           f"{start_trace_error(str(e), qemu)}")
+    monitor.cmd("cont")
+
+
+def trace_guest(args, proc, run):
+    """Thread: start --io-trace's traces in the paused QEMU and let it run;
+    on failure kill QEMU and say why in @run."""
+    qmp = None
+    try:
+        qmp = sqemu_qmp.Monitor(args.qmp, 30, RunError, timeout=60)
+        start_traces(qmp, trace_targets(args), args.qemu)
+    except (RunError, OSError, ValueError) as e:
+        run.trace_error = str(e)
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    finally:
+        if qmp:
+            qmp.close()
+
+
+def trace_summary(targets):
+    """{drive: what its trace file holds} of @targets (trace_targets)
+    once QEMU has exited: the file, its records, those dropped, whether
+    QEMU completed it, and warnings; or the error reading it."""
+    traces = {}
+    for drive, path in targets:
+        try:
+            trace = trace_file.Trace(path)
+        except (OSError, trace_file.TraceFileError) as e:
+            traces[drive] = {"file": path, "error": str(e)}
+            continue
+        traces[drive] = {"file": path, "records": len(trace.requests),
+                         "dropped": trace.dropped,
+                         "complete": trace.complete,
+                         "disk_length": trace.disk_length,
+                         "warnings": trace.warnings()}
+    return traces
+
+
 def reap(proc, deadline):
     """Wait for QEMU to exit; return (status, rusage) or None at deadline."""
     while True:
@@ -410,6 +488,9 @@ def run_guest(args, accel, workload, timeout):
                             cwd=qemu_cwd(args))
     if live:
         threading.Thread(target=take_snapshots, args=(args, proc, run),
+                         daemon=True).start()
+    if args.io_trace:
+        threading.Thread(target=trace_guest, args=(args, proc, run),
                          daemon=True).start()
     try:
         reaped = None
@@ -471,6 +552,8 @@ def choose_accel(args):
 
 def run_failure(run, timeout):
     """Why a run failed, or None if it succeeded."""
+    if run.trace_error:
+        return f"--io-trace: {run.trace_error}"
     if run.timed_out:
         state = "booted" if run.ready_seconds is not None else "not ready"
         return f"timed out after {timeout:g} s (guest {state})"
@@ -495,7 +578,7 @@ def rounded(seconds):
     return None if seconds is None else round(seconds, 3)
 
 
-def summary(args, accel, note, run, error):
+def summary(args, accel, note, run, error, traces=None):
     """Everything worth reporting about a run, as a JSON-able dict."""
     data = {
         "guest": args.guest, "disk": args.disk and str(args.disk),
@@ -524,6 +607,8 @@ def summary(args, accel, note, run, error):
         data.update(snapshot_seconds=[round(t, 4)
                                       for t in run.snapshot_seconds],
                     top=run.top)
+    if traces is not None:
+        data["io_traces"] = traces
     return data
 
 
@@ -551,6 +636,13 @@ def print_summary(data):
         print(f"live snapshots: {len(times)}, median "
               f"{times[len(times) // 2] * 1000:.0f} ms, max "
               f"{times[-1] * 1000:.0f} ms; top now {data['top']}")
+    for drive, trace in (data.get("io_traces") or {}).items():
+        if "error" in trace:
+            print(f"I/O trace of {drive}: {trace['error']}")
+            continue
+        print(f"I/O trace of {drive}: {trace['records']} requests in "
+              f"{trace['file']}, {trace['dropped']} dropped"
+              f"{'' if trace['complete'] else ' (not completed by QEMU)'}")
     print(f"launch to exit: {data['exit_seconds']:.1f} s")
     print(f"qemu peak RSS: {data['peak_rss_kib'] / 1024:.0f} MiB")
     if data["peak_overhead_kib"] is not None:
@@ -605,11 +697,18 @@ def run(args):
     check_inputs(args)
     accel, note = choose_accel(args)
     with tempfile.TemporaryDirectory(prefix="sqemu-vmrun-") as tmp:
-        if args.live_snapshots:
+        if args.live_snapshots or args.io_trace:
             args.qmp = os.path.join(tmp, "qmp.sock")
         guest_run = run_guest(args, accel, args.workload, args.timeout)
     error = run_failure(guest_run, args.timeout)
-    data = summary(args, accel, note, guest_run, error)
+    traces = None
+    if args.io_trace and not guest_run.trace_error:
+        traces = trace_summary(trace_targets(args))
+        unreadable = [f"{d}: {t['error']}" for d, t in traces.items()
+                      if "error" in t]
+        if unreadable and not error:
+            error = "I/O trace " + "; ".join(unreadable)
+    data = summary(args, accel, note, guest_run, error, traces)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     print_summary(data)
@@ -628,8 +727,8 @@ def positive(text):
     return value
 
 
-def parse_args():
-    """Command line options."""
+def parse_args(argv=None):
+    """Command line options (@argv, default sys.argv's)."""
     parser = argparse.ArgumentParser(
         description="Boot an sQemu test guest (the initramfs guest of "
         "scripts/sqemu/mkguest or the Debian guest of scripts/sqemu/mkimage) "
@@ -700,7 +799,13 @@ def parse_args():
     parser.add_argument("--tcg-tb-size", type=int, metavar="MIB",
                         help="TCG translation buffer size (tb-size), for "
                         "both builds alike (default: QEMU's)")
-    args = parser.parse_args()
+    parser.add_argument("--io-trace", metavar="PREFIX",
+                        help="Debian guest, ours' qemu-system only: record "
+                        "the root disk's requests into PREFIX-root.iotrace "
+                        "and the data disk's into PREFIX-data.iotrace "
+                        "(block-io-trace-start before the guest starts; "
+                        "QEMU completes them when it exits)")
+    args = parser.parse_args(argv)
     args.qmp = None
     if not re.fullmatch(WORKLOADS[args.guest], args.workload):
         parser.error(f"bad --workload '{args.workload}' for the "
@@ -717,6 +822,14 @@ def parse_args():
         parser.error("--layer-blockdev needs --disk")
     if args.fast_init and args.guest != "debian":
         parser.error("--fast-init is for the Debian guest")
+    if args.io_trace and args.guest != "debian":
+        parser.error("--io-trace is for the Debian guest (drives root and "
+                     "data)")
+    if args.io_trace and args.layer_blockdev:
+        parser.error("--io-trace traces -drive data, which "
+                     "--layer-blockdev replaces")
+    if args.io_trace:
+        args.io_trace = os.path.abspath(args.io_trace)
     if args.guest_dir is None:
         args.guest_dir = (DEFAULT_GUEST_DIR if args.guest == "initramfs"
                           else DEFAULT_DEBIAN_DIR)
