@@ -4,9 +4,14 @@
 # convert writes) against stock QEMU and sQemu (ours) on the same backing
 # chain, and report what each served, side by side (issue 21, item 5).
 #
-#   trace replay IOLOG --chain TOP [--pace recorded|max|both]
-#                [--iodepth N] [--rounds K] [--builds stock,ours]
-#                [--skip-trims] [--json FILE] [--workdir DIR] [--keep]
+#   trace replay IOLOG --chain TOP [--stock-chain TOP] [--pace
+#                recorded|max|both] [--iodepth N] [--rounds K]
+#                [--builds stock,ours] [--skip-trims] [--json FILE]
+#                [--workdir DIR] [--keep]
+#
+# --stock-chain gives stock a chain of its own (e.g. the plain overlays
+# stock QEMU makes, where ours replays the indexed chain of the same
+# layout); the two must be disks of the same size.
 #
 # Each build's qemu-storage-daemon serves the chain over NBD on a unix
 # socket, and fio's nbd engine replays the log against that export: at the
@@ -690,10 +695,22 @@ def cmd_replay(args):
     top = layers[0]
     size, _, autoclear = read_header(top)
     check_bounds(ops, size, args.iolog)
-    if lock_holder(top) == 'write':
-        raise ReplayError('chain %s: its top is in use by a writer (a QEMU '
-                          'image lock): a copy of it would not be '
-                          'consistent' % args.chain)
+    tops = {build: top for build in BUILDS}
+    stock_layers = None
+    if args.stock_chain:
+        stock_layers = chain_layers(args.stock_chain)
+        tops['stock'] = stock_layers[0]
+        stock_size = read_header(tops['stock'])[0]
+        if stock_size != size:
+            raise ReplayError('--stock-chain %s is a disk of %d bytes, '
+                              '--chain %s one of %d' % (
+                                  args.stock_chain, stock_size, args.chain,
+                                  size))
+    for chain in {tops[build] for build in args.builds}:
+        if lock_holder(chain) == 'write':
+            raise ReplayError('chain %s: its top is in use by a writer (a '
+                              'QEMU image lock): a copy of it would not be '
+                              'consistent' % chain)
     fio = fio_version()
     binaries = find_binaries(args)
     workdir = util.make_workdir(args.workdir, 'sqemu-trace-replay-',
@@ -715,7 +732,8 @@ def cmd_replay(args):
         if not expected['read']['ios'] + expected['write']['ios']:
             raise ReplayError('%s holds no read or write to replay' %
                               args.iolog)
-        check_space(top, expected['write']['bytes'])
+        for chain in {tops[build] for build in args.builds}:
+            check_space(chain, expected['write']['bytes'])
         log = os.path.join(workdir, 'replay.iolog')
         with open(log, 'w') as f:
             f.write(replay_log(ops))
@@ -726,6 +744,10 @@ def cmd_replay(args):
             'expected': expected,
             'chain': {'top': top, 'layers': len(layers), 'size': size,
                       'index_valid_on_top': bool(autoclear & INDEX_VALID)},
+            'stock_chain': stock_layers and {
+                'top': tops['stock'], 'layers': len(stock_layers),
+                'size': size, 'index_valid_on_top': bool(
+                    read_header(tops['stock'])[2] & INDEX_VALID)},
             'builds': {b: {'qemu-storage-daemon': path,
                            'version': version(path)}
                        for b, path in binaries.items()},
@@ -746,7 +768,7 @@ def cmd_replay(args):
                 else ''))
             tag = '%s-%s-%d' % (build, pace, rnd)
             try:
-                result = replay(binaries[build], top, log, pace,
+                result = replay(binaries[build], tops[build], log, pace,
                                 args.iodepth, transfers(expected),
                                 os.path.join(workdir, tag), tag)
             except ReplayError as e:
@@ -779,9 +801,12 @@ def finish(args, report):
     print('trace %s: %d operations over %.1f s recorded' %
           (report['iolog'], report['trace']['operations'],
            report['trace']['span_s']))
-    print('chain %s: %d layers, %d MiB, backing index %s on the top' %
-          (chain['top'], chain['layers'], chain['size'] >> 20,
-           'valid' if chain['index_valid_on_top'] else 'not valid'))
+    for what, chain in (('chain', chain),
+                        ('stock\'s chain', report.get('stock_chain'))):
+        if chain:
+            print('%s %s: %d layers, %d MiB, backing index %s on the top' %
+                  (what, chain['top'], chain['layers'], chain['size'] >> 20,
+                   'valid' if chain['index_valid_on_top'] else 'not valid'))
     for build, info in report['builds'].items():
         print('%-5s: %s' % (build, info['version']))
     print('%s, nbd engine, iodepth %s, O_DIRECT, %d round%s, each replay '
@@ -837,6 +862,9 @@ def add_parser(sub):
     rep.add_argument('iolog', metavar='IOLOG',
                      help='fio iolog version 3 (its file names do not '
                      'matter)')
+    rep.add_argument('--stock-chain', metavar='TOP',
+                     help='a chain of its own for stock, of the same disk '
+                     'size (default: --chain for both builds)')
     rep.add_argument('--chain', required=True, metavar='TOP',
                      help='top layer (qcow2) of the chain to replay on')
     rep.add_argument('--pace', choices=PACES + ('both',), default='both',

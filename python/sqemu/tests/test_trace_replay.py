@@ -8,6 +8,7 @@
 # operations replayed) from canned fio JSON.  Nothing here needs QEMU or
 # fio: the iotest sqemu-trace-replay runs the whole command.
 
+import json
 import os
 import struct
 
@@ -420,3 +421,55 @@ def test_trims_refused_when_fio_skips_them(tmp_path, capsys, monkeypatch):
     assert 'holds 1 trim, which fio-3.33 does not replay from an iolog' \
         in err and '--skip-trims' in err
     assert not work.exists()
+
+
+def test_stock_chain_of_another_size(tmp_path, capsys):
+    log = tmp_path / 'l.iolog'
+    log.write_text(LOG)
+    qcow2(tmp_path / 'top.qcow2')
+    qcow2(tmp_path / 'stock.qcow2', size=2 << 30)
+    code, err = run([str(log), '--chain', str(tmp_path / 'top.qcow2'),
+                     '--stock-chain', str(tmp_path / 'stock.qcow2')], capsys)
+    assert code == 1
+    assert '--stock-chain %s is a disk of %d bytes, --chain %s one of %d' % (
+        tmp_path / 'stock.qcow2', 2 << 30, tmp_path / 'top.qcow2',
+        1 << 30) in err
+
+
+def test_each_build_replays_its_chain(tmp_path, capsys, monkeypatch):
+    log = tmp_path / 'l.iolog'
+    log.write_text(LOG.replace('900 /dev/vda trim 131072 65536\n', ''))
+    qcow2(tmp_path / 'base.qcow2')
+    qcow2(tmp_path / 'top.qcow2', 'base.qcow2', autoclear=1 << 16)
+    qcow2(tmp_path / 'stock.qcow2', 'base.qcow2')
+    monkeypatch.setattr(tr, 'fio_version', lambda: 'fio-3.33')
+    monkeypatch.setattr(tr, 'find_binaries', lambda args: {
+        'stock': '/stock/qsd', 'ours': '/ours/qsd'})
+    monkeypatch.setattr(tr, 'version', lambda binary: binary)
+    replayed = []
+
+    def fake_replay(binary, top, *rest):
+        replayed.append((binary, top))
+        result = tr.summarize(job(reads=3, read_bytes=77824))
+        result['issued']['sync']['ios'] = 1
+        result.update(wall_s=1.0, index_counters=None)
+        return result
+
+    monkeypatch.setattr(tr, 'replay', fake_replay)
+    out = tmp_path / 'r.json'
+    code = trace_cmd.main(['replay', str(log), '--chain',
+                           str(tmp_path / 'top.qcow2'), '--stock-chain',
+                           str(tmp_path / 'stock.qcow2'), '--pace', 'max',
+                           '--json', str(out), '--workdir',
+                           str(tmp_path / 'work')])
+    printed = capsys.readouterr().out
+    assert code in (0, None)
+    assert replayed == [('/stock/qsd', str(tmp_path / 'stock.qcow2')),
+                        ('/ours/qsd', str(tmp_path / 'top.qcow2'))]
+    assert 'chain %s: 2 layers, 1024 MiB, backing index valid' % (
+        tmp_path / 'top.qcow2') in printed
+    assert 'stock\'s chain %s: 2 layers, 1024 MiB, backing index not ' \
+        'valid' % (tmp_path / 'stock.qcow2') in printed
+    report = json.loads(out.read_text())
+    assert report['stock_chain']['top'] == str(tmp_path / 'stock.qcow2')
+    assert report['chain']['top'] == str(tmp_path / 'top.qcow2')
