@@ -44,8 +44,7 @@ static BlockBackend *block_io_trace_lookup(bool has_device, const char *device,
         *target = id;
         blk = blk_by_qdev_id(id, NULL);
         if (!blk && id[0] != '/') {
-            /* virtio-blk-pci's disk is its virtio-backend's (libvirt names
-             * it by that path) */
+            /* virtio-blk-pci's disk is its virtio-backend's (libvirt's) */
             g_autofree char *backend =
                 g_strdup_printf("/machine/peripheral/%s/virtio-backend", id);
             blk = blk_by_qdev_id(backend, NULL);

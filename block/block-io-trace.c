@@ -357,7 +357,8 @@ bool block_io_trace_start(BlockBackend *blk, const char *target,
                          target);
         return false;
     }
-    fd = qemu_create(filename, O_WRONLY | O_TRUNC | O_BINARY, 0600, errp);
+    /* O_EXCL: a file named by mistake (the disk itself) stays intact */
+    fd = qemu_create(filename, O_WRONLY | O_EXCL | O_BINARY, 0600, errp);
     if (fd < 0) {
         error_prepend(errp, "Cannot trace %s: ", target);
         return false;
