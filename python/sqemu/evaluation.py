@@ -24,6 +24,10 @@ Figures (see --help for which scale measures what):
             each build's default cache and a 1 MiB total
   livesnap  100 live snapshots over QMP of a guest that writes all along:
             its data verified afterwards, the pause per snapshot
+  nfs       bench over chains on NFS storage nodes
+  replay    the Debian guest's boot (root disk) and RocksDB reads (data
+            disk) recorded by ours (vmrun --io-trace), replayed by trace
+            replay on each build's N-layer chain over the same base
 The memory and dd figures come from the same guest runs.  The workloads of
 cache, rocksdb and livesnap run in the Debian guest without systemd
 (vmrun --fast-init).
@@ -43,18 +47,21 @@ import sys
 import tempfile
 import time
 
-from sqemu import bench, evaluation_report, paths, util
+from sqemu import (bench, evaluation_report, paths, trace_convert,
+                   trace_file, util)
 from sqemu.proc import run_child
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, CHILD_STOP_S, DEBIAN_FIGURES,
     FIGURES, GUEST_FIGURES, GUEST_MEMORY_MIB, KVM_PROBE_S, LIVESNAP_BLOCK,
     LIVESNAP_DISK, LIVESNAP_HEADER, LIVESNAP_INTERVAL, NFS_LATENCIES,
-    NFS_NODES, ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SCALES, SNAP_FILL)
+    NFS_NODES, REPLAY_TARGET, REPLAY_TRACES,
+    ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SCALES, SNAP_FILL)
 
 VMRUN = paths.script('vmrun')
 BENCH = paths.script('bench')
 MKCHAIN = paths.script('mkchain')
 MKIMAGE = paths.script('mkimage')
+TRACE = paths.script('trace')
 INSTALL_DEPS = paths.script('install-deps')
 DEFAULT_OUT = os.path.join(paths.REPO_TOP, 'docs')
 DEFAULT_DEBIAN_DIR = os.path.join(paths.REPO_TOP, 'build', 'guest-debian')
@@ -309,12 +316,14 @@ def figure_snapshot(args, builds, workdir, report):
         shutil.rmtree(chaindir)
 
 
-def debian_run(args, builds, build, accel, disk, workload, extra=()):
-    """A Debian guest run without systemd on data disk @disk."""
+def debian_run(args, builds, build, accel, disk, workload, extra=(),
+               fast_init=True):
+    """A Debian guest run on data disk @disk, without systemd unless not
+    @fast_init."""
     return guest_run(args, builds, build, accel,
-                     ['--guest', 'debian', '--guest-dir', args.debian_dir,
-                      '--fast-init', '--disk', disk, '--workload', workload]
-                     + list(extra))
+                     ['--guest', 'debian', '--guest-dir', args.debian_dir]
+                     + (['--fast-init'] if fast_init else []) +
+                     ['--disk', disk, '--workload', workload] + list(extra))
 
 
 def cache_options(build, total, layers):
@@ -493,6 +502,132 @@ def figure_livesnap(args, builds, accel, workdir, report):
         shutil.rmtree(chaindir)
 
 
+def convert_trace(path, iolog):
+    """sQemu trace file @path as fio iolog @iolog (trace convert --from
+    sqemu); what the trace holds, for the report"""
+    ops, trace = trace_convert.read_sqemu(path)
+    if not ops:
+        raise EvalError('the trace %s holds no request' % path)
+    with open(iolog, 'w') as f:
+        f.write(trace_convert.fio_iolog(ops, REPLAY_TARGET))
+    kinds = {}
+    for _, kind, _, length in ops:
+        n, size = kinds.get(kind, (0, 0))
+        kinds[kind] = (n + 1, size + length)
+    latency = trace_file.latency_summary(trace.requests)
+    return {'records': len(trace.requests), 'dropped': trace.dropped,
+            'complete': trace.complete, 'disk_length': trace.disk_length,
+            'operations': len(ops),
+            'counts': {kind: {'ios': n, 'bytes': size}
+                       for kind, (n, size) in sorted(kinds.items())},
+            'span_s': (max(o[0] for o in ops) - min(o[0] for o in ops)) /
+            1e6,
+            'recorded_latency_ms': {
+                op: {'n': n, 'p50': p50 / 1000, 'p99': p99 / 1000,
+                     'max': top / 1000}
+                for op, (n, p50, p99, top) in sorted(latency.items())},
+            'warnings': trace.warnings()}
+
+
+def replay_json(cmd, what):
+    """trace replay's JSON report of @cmd; its exit status 1 with a report
+    (a replay that did not issue the trace's operations) is kept, the
+    report says so"""
+    with tempfile.NamedTemporaryFile(suffix='.json') as out:
+        status, output = run_child(cmd + ['--json', out.name])
+        try:
+            with open(out.name) as f:
+                data = json.load(f)
+        except ValueError:
+            data = None
+    if data is None or 'summary' not in data or (
+            status != 0 and data.get('operations_match') is not False):
+        tail = ' | '.join(output.strip().splitlines()[-4:])
+        raise EvalError('%s failed (status %d): %s' % (what, status, tail))
+    return data
+
+
+def replay_rows(data, trace, layers):
+    """The report's rows of trace replay's JSON @data: one per pace and
+    build (the medians, and ours' index counters), at chain length
+    @layers of trace @trace"""
+    rows = []
+    for pace, builds in data['summary'].items():
+        for build in ('stock', 'ours'):
+            if build not in builds:
+                continue
+            runs = [r for r in data['runs']
+                    if r['pace'] == pace and r['build'] == build]
+            row = {'trace': trace, 'layers': layers, 'pace': pace,
+                   'build': build,
+                   'issued': {k: v['ios'] for k, v in
+                              runs[0]['issued'].items()},
+                   'wall_s': statistics.median(r['wall_s'] for r in runs),
+                   'operations_match': not any(r['mismatches']
+                                               for r in runs),
+                   'index_counters': runs[0].get('index_counters')}
+            row.update(builds[build])
+            rows.append(row)
+    return rows
+
+
+def figure_replay(args, builds, accel, workdir, report):
+    """The Debian guest's boot and RocksDB reads recorded by ours, each
+    disk's trace replayed by stock and ours on N-layer chains over the
+    disk it was recorded on.
+
+    One guest run (ours, systemd boot, the rocksdb workload) records both
+    disks: the root disk (debian.qcow2, read-only) from the first read of
+    the boot to the power-off, the data disk (the RocksDB database) from
+    udev's first look at it to db_bench's last read.  Each build replays
+    on the chain it makes itself (make_chains: ours indexed, stock's
+    plain overlays) with trace replay --stock-chain; mkchain --base
+    converts the base into the chain's first layer, so the Debian image
+    is only read."""
+    disk, _ = make_rocksdb_disk(args, builds, workdir)
+    bases = {'root': os.path.join(args.debian_dir, 'debian.qcow2'),
+             'data': disk}
+    prefix = os.path.join(workdir, 'replay')
+    progress('replay: ours records the Debian guest\'s boot and RocksDB '
+             'reads (vmrun --io-trace)')
+    data = debian_run(args, builds, 'ours', accel, disk,
+                      'rocksdb:%d' % args.scale['rocksdb_seconds'],
+                      ['--io-trace', prefix], fast_init=False)
+    iologs = {}
+    for trace in REPLAY_TRACES:
+        info = data['io_traces'][trace]
+        iologs[trace] = '%s-%s.iolog' % (prefix, trace)
+        row = convert_trace(info['file'], iologs[trace])
+        row.update(trace=trace, base=os.path.basename(bases[trace]),
+                   guest_boot_s=data.get('boot_seconds'),
+                   guest_exit_s=data.get('exit_seconds'),
+                   rocksdb_ops_per_s=float(
+                       data['guest_result']['ops_per_s']))
+        report['replay_traces'].append(row)
+        progress('replay: %s trace: %d requests over %.0f s' % (
+            trace, row['operations'], row['span_s']))
+    for layers in args.scale['replay_lengths']:
+        for trace in REPLAY_TRACES:
+            chaindir = os.path.join(workdir,
+                                    'replay-%s-%d' % (trace, layers))
+            progress('replay: %s trace, %d-layer chains over %s' % (
+                trace, layers, os.path.basename(bases[trace])))
+            tops = make_chains(args, builds, layers, chaindir, bases[trace])
+            progress('replay: %s trace at N=%d, both paces' % (trace,
+                                                               layers))
+            out = replay_json([
+                TRACE, 'replay', iologs[trace], '--chain', tops['ours'],
+                '--stock-chain', tops['stock'], '--builds', 'stock,ours',
+                '--pace', 'both', '--skip-trims', '--stock', args.stock,
+                '--ours', args.ours, '--workdir',
+                os.path.join(workdir, 'replay-work-%s-%d' % (trace,
+                                                             layers))],
+                'trace replay (%s trace, N=%d)' % (trace, layers))
+            report['replay'] += replay_rows(out, trace, layers)
+            shutil.rmtree(chaindir)
+    os.unlink(disk)
+
+
 # Main.
 
 def figure_nfs(args, workdir, report):
@@ -585,6 +720,8 @@ def evaluate(args):
               'builds': {b: builds[b]['version'] for b in builds},
               'dd': [], 'boot': [], 'snapshot': [], 'counters': [],
               'cache': [], 'rocksdb': [], 'livesnap': [], 'nfs': [],
+              'replay': [], 'replay_traces': [],
+              'replay_lengths': args.scale['replay_lengths'],
               'cache_fill': args.scale['cache_fill'],
               'dd_size': args.scale['dd_size'],
               'cache_disk': args.scale['cache_disk'],
@@ -612,6 +749,8 @@ def evaluate(args):
             figure_livesnap(args, builds, accel, workdir, report)
         if 'nfs' in args.figures:
             figure_nfs(args, workdir, report)
+        if 'replay' in args.figures:
+            figure_replay(args, builds, accel, workdir, report)
         # Last: it writes 90% of each disk (45 GiB at --full), and a figure
         # timed right after such writes here ran up to 5x slower (the
         # disk's write-back and throttling outlast the writes)
@@ -632,7 +771,8 @@ def evaluate(args):
 FIGURE_KEYS = {'memory': ('dd',), 'dd': ('dd',), 'counters': ('counters',),
                'boot': ('boot',), 'snapshot': ('snapshot',),
                'cache': ('cache',), 'rocksdb': ('rocksdb',),
-               'livesnap': ('livesnap',), 'nfs': ('nfs',)}
+               'livesnap': ('livesnap',), 'nfs': ('nfs',),
+               'replay': ('replay', 'replay_traces', 'replay_lengths')}
 
 
 def merge_reports(base, new):
@@ -667,7 +807,8 @@ def describe_scale(name):
         'snapshots of %s GiB disks, fio (%d s) with %s MiB of cache on '
         '%d%% of a %d MiB disk, RocksDB (%dk keys, %d s) at N=%s with %s '
         'caches, %d live snapshots, reads over NFS (%d nodes, %s) at '
-        'N=%s on a %d MiB disk' % (
+        'N=%s on a %d MiB disk, the boot and RocksDB traces replayed at '
+        'N=%s' % (
             scale['dd_size'] >> 20, lengths(scale['dd_lengths']),
             scale['dd_repeat'], lengths(scale['boot_lengths']),
             scale['boot_repeat'],
@@ -683,7 +824,8 @@ def describe_scale(name):
             scale['live_snapshots'], NFS_NODES,
             ' and '.join('no added latency' if ms is None else
                          '%g ms round trip' % ms for ms in NFS_LATENCIES),
-            lengths(scale['nfs_lengths']), scale['nfs_size'] >> 20))
+            lengths(scale['nfs_lengths']), scale['nfs_size'] >> 20,
+            lengths(scale['replay_lengths'])))
 
 
 def parse_args(argv):

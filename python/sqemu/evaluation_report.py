@@ -8,8 +8,8 @@ import os
 from sqemu import bench, util
 from sqemu.evaluation_setup import (
     CACHE_CLUSTER, CACHE_ENTRY, CACHE_LAYERS, KERNEL_NOTE, LIVESNAP_DISK,
-    LIVESNAP_INTERVAL, PAPER, ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SNAP_FILL,
-    TARGETS)
+    LIVESNAP_INTERVAL, PAPER, REPLAY_PACES, REPLAY_TRACES,
+    ROCKSDB_SMALL_CACHE, ROCKSDB_VALUE, SNAP_FILL, TARGETS)
 
 
 def rows(report, figure, build):
@@ -129,7 +129,59 @@ def write_plots(report, outdir, progress):
         save(fig, ax, 'rocksdb')
     if report.get('nfs'):
         plot_nfs(report, outdir, plt, files)
+    if report.get('replay'):
+        plot_replay(report, outdir, plt, files)
     return files
+
+
+# The replay figure's panels: (pace, row field, y label)
+REPLAY_PANELS = (('recorded', 'p99', 'p99 latency at the recorded pace (ms)'),
+                 ('recorded', 'p50', 'median latency at the recorded pace '
+                  '(ms)'),
+                 ('max', 'iops', 'IOPS as fast as possible (QD%s)'))
+REPLAY_STYLES = {'root': 'o-', 'data': 's--'}
+TRACE_NAMES = {'root': 'boot (root disk)', 'data': 'RocksDB (data disk)'}
+
+
+def replay_row(report, trace, layers, pace, build):
+    for r in report['replay']:
+        if (r['trace'], r['layers'], r['pace'], r['build']) == \
+                (trace, layers, pace, build):
+            return r
+    return None
+
+
+def plot_replay(report, outdir, plt, files):
+    """One row of panels against chain length: latency at the recorded
+    pace, IOPS as fast as possible; a line per build and trace"""
+    fig, axes = plt.subplots(1, len(REPLAY_PANELS), figsize=(13, 3.8))
+    for ax, (pace, key, ylabel) in zip(axes, REPLAY_PANELS):
+        for trace in REPLAY_TRACES:
+            for build, colour in (('stock', 'tab:blue'),
+                                  ('ours', 'tab:orange')):
+                data = sorted((r for r in report['replay']
+                               if (r['trace'], r['pace'], r['build']) ==
+                               (trace, pace, build) and
+                               r.get(key) is not None),
+                              key=lambda r: r['layers'])
+                if data:
+                    ax.plot([r['layers'] for r in data],
+                            [r[key] for r in data], REPLAY_STYLES[trace],
+                            color=colour, label='%s, %s' % (
+                                build, TRACE_NAMES[trace]))
+        ax.set_xscale('log')
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel('chain length')
+        ax.set_ylabel(ylabel.replace('%s', str(report.get(
+            'replay_iodepth', 16))))
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle('trace replay: the Debian guest\'s boot and RocksDB reads '
+                 '(fio nbd engine, qemu-storage-daemon, O_DIRECT)')
+    fig.tight_layout()
+    files['replay'] = 'eval-replay.png'
+    fig.savefig(os.path.join(outdir, 'eval', files['replay']), dpi=100)
+    plt.close(fig)
 
 
 # The nfs figure's panels: (row field, scale, y label, log y)
@@ -488,6 +540,84 @@ def section_nfs(report, plots):
                   'open, stock / ours'), ratios), '']
 
 
+def section_replay(report, plots):
+    traces = []
+    for t in sorted(report.get('replay_traces', ()),
+                    key=lambda t: REPLAY_TRACES.index(t['trace'])):
+        counts = t['counts']
+        lat = t['recorded_latency_ms'].get('read', {})
+        traces.append((
+            TRACE_NAMES[t['trace']], t['base'], t['records'], t['dropped'],
+            counts.get('read', {}).get('ios', 0),
+            fmt(counts.get('read', {}).get('bytes', 0) / 2 ** 20, '.1f'),
+            counts.get('write', {}).get('ios', 0),
+            counts.get('sync', {}).get('ios', 0),
+            counts.get('trim', {}).get('ios', 0),
+            fmt(t['span_s'], '.1f'), fmt(lat.get('p50'), '.3f'),
+            fmt(lat.get('p99'), '.3f')))
+    body = []
+    for r in sorted(report['replay'], key=lambda r: (
+            REPLAY_TRACES.index(r['trace']), r['layers'],
+            REPLAY_PACES.index(r['pace']), r['build'] != 'stock')):
+        stock = replay_row(report, r['trace'], r['layers'], r['pace'],
+                           'stock')
+        ratios = ('', '', '')
+        if r['build'] == 'ours' and stock:
+            ratios = tuple(fmt(bench.ratio(r.get(k), stock.get(k)), '.2f')
+                           for k in ('iops', 'p50', 'p99'))
+        c = r.get('index_counters') or {}
+        body.append((TRACE_NAMES[r['trace']], r['layers'], r['pace'],
+                     r['build'], fmt(r.get('iops'), '.0f'),
+                     fmt(r.get('mb_s'), '.2f'), fmt(r.get('p50'), '.3f'),
+                     fmt(r.get('p90'), '.3f'), fmt(r.get('p99'), '.3f'),
+                     fmt(r.get('max'), '.3f'), fmt(r.get('wall_s'), '.1f'))
+                    + ratios + (
+                        'yes' if r['operations_match'] else '**no**',
+                        '%d / %d' % (c.get('direct-reads', 0),
+                                     c.get('vanilla-fallbacks', 0))
+                        if c else '-'))
+    first = (report.get('replay_traces') or [{}])[0]
+    lengths = ', '.join(str(n) for n in report.get(
+        'replay_lengths', sorted({r['layers'] for r in report['replay']})))
+    return ['## Trace replay: the Debian guest\'s boot and RocksDB reads', '',
+            'One run of the Debian guest under ours (`vmrun --io-trace`: '
+            'QEMU starts paused, `block-io-trace-start` records drive '
+            '`root` and drive `data`, then the guest runs) boots with '
+            'systemd (%s s to the shell) from the Debian image and runs the '
+            'rocksdb workload of the RocksDB figure (%s s of db_bench '
+            'readrandom, %s ops/s) on the database disk; QEMU completes '
+            'both traces when the guest powers off.  The boot trace is the '
+            'root disk\'s requests from the first read of the boot to the '
+            'power-off, the RocksDB trace the data disk\'s (udev\'s first '
+            'look at it, the mount, db_bench\'s reads).  Each is converted '
+            'to a fio iolog (`trace convert --from sqemu`) and replayed by '
+            '`scripts/sqemu/trace replay --pace both --skip-trims` (fio\'s '
+            'nbd engine against each build\'s qemu-storage-daemon, '
+            'O_DIRECT, each replay on a fresh copy of the top) at N=%s: the '
+            'disk the trace was recorded on is the base of an N-layer chain '
+            '(mkchain --base: a qcow2 copy of it, then live snapshots that '
+            'hold no data, so every read walks to the base), ours\' '
+            'indexed, stock\'s plain overlays, each build replaying its '
+            'own (`--stock-chain`).  "recorded" keeps the trace\'s times '
+            '(one operation in flight: the IOPS are the trace\'s own rate '
+            'while both keep up, the latencies differ); "max" replays as '
+            'fast as possible at QD16.  Latencies are fio\'s completion '
+            'latencies over all operations, in ms; one replay per point.' % (
+                fmt(first.get('guest_boot_s'), '.1f'),
+                report.get('rocksdb_seconds', '?'),
+                fmt(first.get('rocksdb_ops_per_s'), '.0f'), lengths), '',
+            md_table(('trace', 'disk', 'requests', 'dropped', 'reads',
+                      'read MiB', 'writes', 'syncs', 'trims', 'span s',
+                      'recorded read p50 ms', 'recorded read p99 ms'),
+                     traces), '',
+            md_table(('trace', 'N', 'pace', 'build', 'IOPS', 'MB/s',
+                      'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'fio s',
+                      'IOPS ours / stock', 'p50 ours / stock',
+                      'p99 ours / stock', 'operations = trace\'s',
+                      'ours\' direct reads / vanilla fallbacks'), body), '',
+            'Paper: %s.' % PAPER['replay'], ''] + plot_lines(plots, 'replay')
+
+
 # Figures whose target is a ratio of ours' fastest repeats: {figure: the
 # rows' field of all repeats' times}
 NOISY = {'dd': 'dd_times_s', 'boot': 'boot_times_s'}
@@ -554,7 +684,8 @@ def write_report(report, outdir, progress):
                             ('cache', section_cache),
                             ('rocksdb', section_rocksdb),
                             ('livesnap', section_livesnap),
-                            ('nfs', section_nfs)):
+                            ('nfs', section_nfs),
+                            ('replay', section_replay)):
         if report.get(figure):
             text += section(report, plots)
     with open(os.path.join(outdir, 'evaluation.md'), 'w') as f:

@@ -7,9 +7,9 @@
 GUEST_MEMORY_MIB = 512
 SNAP_FILL = 0.9
 FIGURES = ('memory', 'dd', 'boot', 'snapshot', 'counters', 'cache',
-           'rocksdb', 'livesnap', 'nfs')
+           'rocksdb', 'livesnap', 'nfs', 'replay')
 # Figures that boot the Debian guest, and all that boot a guest
-DEBIAN_FIGURES = {'boot', 'cache', 'rocksdb', 'livesnap'}
+DEBIAN_FIGURES = {'boot', 'cache', 'rocksdb', 'livesnap', 'replay'}
 GUEST_FIGURES = DEBIAN_FIGURES | {'dd', 'memory', 'counters'}
 # The cache figure's disk (its size is the scale's cache_disk): 4 KiB
 # clusters, so that the unified cache for the whole disk (16 bytes a
@@ -47,7 +47,8 @@ SCALES = {
               'rocksdb_caches': ('default',), 'rocksdb_seconds': 5,
               'live_snapshots': 100,
               'nfs_lengths': (1, 100, 1000), 'nfs_size': 128 << 20,
-              'nfs_repeat': 3, 'nfs_seconds': 4},
+              'nfs_repeat': 3, 'nfs_seconds': 4,
+              'replay_lengths': (1, 100, 500)},
     'full': {'dd_size': 1 << 30, 'dd_lengths': (1, 10, 100, 500, 1000),
              'dd_repeat': 3,
              'boot_lengths': (1, 10, 100, 500, 1000), 'boot_repeat': 3,
@@ -61,7 +62,8 @@ SCALES = {
              'rocksdb_caches': ('default', 'small'), 'rocksdb_seconds': 60,
              'live_snapshots': 100,
              'nfs_lengths': (1, 10, 100, 500, 1000), 'nfs_size': 1 << 30,
-             'nfs_repeat': 3, 'nfs_seconds': 10},
+             'nfs_repeat': 3, 'nfs_seconds': 10,
+             'replay_lengths': (1, 100, 500)},
 }
 # What the boot section says of the kernel vmrun booted (its 'kernel')
 KERNEL_NOTE = {
@@ -87,7 +89,14 @@ PAPER = {
     'livesnap': 'not reported in the paper',
     'nfs': 'not reported apart in the paper (its chains are on NFS '
            'storage servers)',
+    'replay': 'not reported in the paper',
 }
+# The replay figure: the traces recorded (vmrun --io-trace drive names),
+# the fio file name the converted iologs give (trace replay renames it),
+# and the table's latency percentiles
+REPLAY_TRACES = ('root', 'data')
+REPLAY_TARGET = 'disk'
+REPLAY_PACES = ('recorded', 'max')
 TARGETS = (
     # (figure, description, key in target_values(), op, goal)
     ('dd', 'in-guest dd, ours N=1000 / ours N=1', 'dd_ratio', '>=', 0.9),

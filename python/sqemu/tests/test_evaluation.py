@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sqemu import evaluation, evaluation_report
+from sqemu import evaluation, evaluation_report, trace_file, trace_replay
 
 
 def test_md_table():
@@ -148,3 +148,181 @@ def test_merge_options(tmp_path, capsys):
                                   '--out', str(tmp_path)])
     assert args.merge_base['figures'] == ['dd']
     assert args.figures == ['nfs']
+
+
+def write_trace(path, requests):
+    """An sQemu trace file holding @requests (issued_us, op number,
+    offset, length, latency_us), completed by QEMU"""
+    body = b''.join(trace_file.RECORD.pack(t * 1000, (t + lat) * 1000, off,
+                                           length, op, 0, 0, length)
+                    for t, op, off, length, lat in requests)
+    path.write_bytes(trace_file.HEADER.pack(
+        trace_file.MAGIC, 1, trace_file.HEADER.size, trace_file.RECORD.size,
+        trace_file.COMPLETE, 1 << 30, len(requests), 0) + body)
+
+
+def test_convert_trace(tmp_path):
+    write_trace(tmp_path / 't.iotrace', [
+        (1000, 0, 0, 4096, 100), (1500, 0, 8192, 65536, 300),
+        (3000, 3, 0, 0, 50), (500, 0, 4096, 4096, 200)])
+    iolog = tmp_path / 't.iolog'
+    info = evaluation.convert_trace(str(tmp_path / 't.iotrace'), str(iolog))
+    assert info['records'] == 4 and info['operations'] == 4
+    assert info['complete'] and not info['dropped'] and not info['warnings']
+    assert info['counts'] == {'read': {'ios': 3, 'bytes': 73728},
+                              'sync': {'ios': 1, 'bytes': 0}}
+    assert info['span_s'] == 0.0025
+    assert info['recorded_latency_ms']['read']['max'] == 0.3
+    lines = iolog.read_text().splitlines()
+    assert lines[:3] == ['fio version 3 iolog', '0 disk add', '0 disk open']
+    # sorted by issue time, from the first
+    assert lines[3] == '0 disk read 4096 4096'
+    assert lines[-2:] == ['2500 disk sync 0 0', '2500 disk close']
+    # trace replay reads it back with the same counts
+    ops, names = trace_replay.parse_iolog(lines)
+    counts = trace_replay.count(ops)
+    assert counts['read'] == info['counts']['read']
+    assert counts['sync']['ios'] == 1
+
+
+def test_convert_empty_trace(tmp_path):
+    write_trace(tmp_path / 't.iotrace', [])
+    with pytest.raises(evaluation.EvalError) as e:
+        evaluation.convert_trace(str(tmp_path / 't.iotrace'),
+                                 str(tmp_path / 'x'))
+    assert 'holds no request' in str(e.value)
+
+
+def replay_output(match=True):
+    """trace replay's JSON for one chain length: both paces, both builds,
+    ours twice as fast"""
+    runs, summary = [], {}
+    for pace in ('recorded', 'max'):
+        summary[pace] = {}
+        for build, scale in (('stock', 2.0), ('ours', 1.0)):
+            metrics = {'iops': 100 / scale, 'mb_s': 1 / scale,
+                       'p50': 0.1 * scale, 'p90': 0.2 * scale,
+                       'p99': 0.4 * scale, 'p99.9': 0.8 * scale,
+                       'max': 1.0 * scale}
+            summary[pace][build] = metrics
+            runs.append({'pace': pace, 'build': build, 'round': 1,
+                         'wall_s': 10 * scale,
+                         'issued': {'read': {'ios': 5, 'bytes': 20480},
+                                    'write': {'ios': 0, 'bytes': 0},
+                                    'trim': {'ios': 0, 'bytes': 0},
+                                    'sync': {'ios': 1, 'bytes': 0}},
+                         'mismatches': [] if match or build == 'stock'
+                         else ['read operations: 5 in the trace, 4 '
+                               'replayed'],
+                         'index_counters': None if build == 'stock' else
+                         {'direct-access': True, 'direct-reads': 5,
+                          'vanilla-fallbacks': 0}})
+        summary[pace]['ours/stock'] = {'iops': 2.0}
+    return {'summary': summary, 'runs': runs,
+            'operations_match': match}
+
+
+def test_replay_rows():
+    rows = evaluation.replay_rows(replay_output(), 'root', 100)
+    assert [(r['pace'], r['build']) for r in rows] == [
+        ('recorded', 'stock'), ('recorded', 'ours'), ('max', 'stock'),
+        ('max', 'ours')]
+    ours = rows[1]
+    assert ours['trace'] == 'root' and ours['layers'] == 100
+    assert ours['iops'] == 100 and ours['p99'] == 0.4
+    assert ours['issued'] == {'read': 5, 'write': 0, 'trim': 0, 'sync': 1}
+    assert ours['operations_match'] and ours['wall_s'] == 10
+    assert ours['index_counters']['direct-reads'] == 5
+    assert rows[0]['index_counters'] is None
+    bad = evaluation.replay_rows(replay_output(match=False), 'data', 1)
+    assert [r['operations_match'] for r in bad] == [True, False] * 2
+
+
+def test_replay_json_keeps_a_mismatch(monkeypatch):
+    def child(status, data):
+        def run(cmd, *rest):
+            with open(cmd[-1], 'w') as f:
+                json.dump(data, f)
+            return status, 'trace replay: error: it differs\n'
+        return run
+    monkeypatch.setattr(evaluation, 'run_child',
+                        child(1, replay_output(match=False)))
+    assert evaluation.replay_json(['trace'], 'x')['operations_match'] is \
+        False
+    # a failure without a report is an error
+    monkeypatch.setattr(evaluation, 'run_child', child(1, {}))
+    with pytest.raises(evaluation.EvalError) as e:
+        evaluation.replay_json(['trace'], 'trace replay (root trace, N=1)')
+    assert 'trace replay (root trace, N=1) failed (status 1): trace ' \
+        'replay: error: it differs' in str(e.value)
+
+
+def replay_report():
+    rows = []
+    for layers in (1, 500):
+        rows += evaluation.replay_rows(replay_output(layers != 1), 'root',
+                                       layers)
+        rows += evaluation.replay_rows(replay_output(), 'data', layers)
+    trace = {'trace': 'root', 'base': 'debian.qcow2', 'records': 6,
+             'dropped': 0, 'operations': 6,
+             'counts': {'read': {'ios': 5, 'bytes': 5 << 20},
+                        'sync': {'ios': 1, 'bytes': 0}},
+             'span_s': 42.5, 'recorded_latency_ms': {'read': {
+                 'n': 5, 'p50': 0.25, 'p99': 2.5, 'max': 3.0}},
+             'guest_boot_s': 30.2, 'rocksdb_ops_per_s': 900.0}
+    return {'replay': rows, 'replay_traces': [
+        dict(trace, trace='data', base='rocksdb.qcow2'), trace],
+        'replay_lengths': [1, 500], 'rocksdb_seconds': 5}
+
+
+def test_section_replay():
+    text = '\n'.join(evaluation_report.section_replay(replay_report(),
+                                                      {'replay': 'r.png'}))
+    assert 'at N=1, 500:' in text
+    assert '(30.2 s to the shell)' in text and '900 ops/s' in text
+    # the boot trace first
+    assert text.index('| boot (root disk) | debian.qcow2 | 6 | 0 | 5 | '
+                      '5.0 | 0 | 1 | 0 | 42.5 | 0.250 | 2.500 |') < \
+        text.index('| RocksDB (data disk) | rocksdb.qcow2 |')
+    assert '| boot (root disk) | 500 | recorded | stock | 50 | 0.50 | ' \
+        '0.200 | 0.400 | 0.800 | 2.000 | 20.0 |  |  |  | yes | - |' in text
+    assert '| boot (root disk) | 500 | recorded | ours | 100 | 1.00 | ' \
+        '0.100 | 0.200 | 0.400 | 1.000 | 10.0 | 2.00 | 0.50 | 0.50 | yes | ' \
+        '5 / 0 |' in text
+    assert '| boot (root disk) | 1 | max | ours | 100 |' in text
+    assert '| **no** |' in text
+    assert 'Paper: not reported in the paper.' in text
+    assert '![replay](eval/r.png)' in text
+
+
+def test_replay_plot_and_report(tmp_path):
+    pytest.importorskip('matplotlib')
+    report = dict(replay_report(), command='eval', date='d', seconds=1.0,
+                  machine={'nproc': 2, 'cpu': 'c', 'kernel': 'k'},
+                  accelerator='tcg', accel_note='n',
+                  builds={'stock': 's', 'ours': 'o'}, figures=['replay'])
+    for key in ('dd', 'boot', 'snapshot', 'counters', 'cache', 'rocksdb',
+                'livesnap', 'nfs'):
+        report[key] = []
+    evaluation_report.write_report(report, str(tmp_path), lambda m: None)
+    assert (tmp_path / 'eval' / 'eval-replay.png').stat().st_size > 0
+    assert '## Trace replay' in (tmp_path / 'evaluation.md').read_text()
+
+
+def test_replay_figure_options_and_merge(tmp_path):
+    args = evaluation.parse_args(['--figures', 'replay'])
+    assert args.figures == ['replay']
+    assert args.scale['replay_lengths'] == (1, 100, 500)
+    assert evaluation.SCALES['full']['replay_lengths'] == (1, 100, 500)
+    assert 'replay' in evaluation.DEBIAN_FIGURES
+    base = {'figures': ['dd', 'nfs'], 'dd': ['old'], 'nfs': ['n'],
+            'command': 'eval --quick', 'date': '2026-11-21'}
+    new = dict(replay_report(), figures=['replay'], dd=[],
+               command='eval --quick --figures replay --merge',
+               date='2026-12-04', seconds=9.0, builds={'ours': 'o'})
+    merged = evaluation.merge_reports(base, new)
+    assert merged['figures'] == ['dd', 'nfs', 'replay']
+    assert merged['dd'] == ['old']
+    assert merged['replay'] == new['replay']
+    assert merged['replay_traces'] == new['replay_traces']
+    assert merged['replay_lengths'] == [1, 500]
