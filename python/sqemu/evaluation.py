@@ -549,7 +549,8 @@ def replay_json(cmd, what):
 
 def replay_rows(data, trace, layers):
     """The report's rows of trace replay's JSON @data: one per pace and
-    build (the medians, and ours' index counters), at chain length
+    build (the medians over the rounds, and ours' index counters of the
+    first), at chain length
     @layers of trace @trace"""
     rows = []
     for pace, builds in data['summary'].items():
@@ -618,7 +619,9 @@ def figure_replay(args, builds, accel, workdir, report):
             out = replay_json([
                 TRACE, 'replay', iologs[trace], '--chain', tops['ours'],
                 '--stock-chain', tops['stock'], '--builds', 'stock,ours',
-                '--pace', 'both', '--skip-trims', '--stock', args.stock,
+                '--pace', 'both', '--skip-trims',
+                '--rounds', str(args.scale['replay_rounds']),
+                '--stock', args.stock,
                 '--ours', args.ours, '--workdir',
                 os.path.join(workdir, 'replay-work-%s-%d' % (trace,
                                                              layers))],
@@ -722,6 +725,7 @@ def evaluate(args):
               'cache': [], 'rocksdb': [], 'livesnap': [], 'nfs': [],
               'replay': [], 'replay_traces': [],
               'replay_lengths': args.scale['replay_lengths'],
+              'replay_rounds': args.scale['replay_rounds'],
               'cache_fill': args.scale['cache_fill'],
               'dd_size': args.scale['dd_size'],
               'cache_disk': args.scale['cache_disk'],
@@ -772,7 +776,8 @@ FIGURE_KEYS = {'memory': ('dd',), 'dd': ('dd',), 'counters': ('counters',),
                'boot': ('boot',), 'snapshot': ('snapshot',),
                'cache': ('cache',), 'rocksdb': ('rocksdb',),
                'livesnap': ('livesnap',), 'nfs': ('nfs',),
-               'replay': ('replay', 'replay_traces', 'replay_lengths')}
+               'replay': ('replay', 'replay_traces', 'replay_lengths',
+                          'replay_rounds')}
 
 
 def merge_reports(base, new):
@@ -808,7 +813,7 @@ def describe_scale(name):
         '%d%% of a %d MiB disk, RocksDB (%dk keys, %d s) at N=%s with %s '
         'caches, %d live snapshots, reads over NFS (%d nodes, %s) at '
         'N=%s on a %d MiB disk, the boot and RocksDB traces replayed at '
-        'N=%s' % (
+        'N=%s (medians of %d rounds)' % (
             scale['dd_size'] >> 20, lengths(scale['dd_lengths']),
             scale['dd_repeat'], lengths(scale['boot_lengths']),
             scale['boot_repeat'],
@@ -825,7 +830,7 @@ def describe_scale(name):
             ' and '.join('no added latency' if ms is None else
                          '%g ms round trip' % ms for ms in NFS_LATENCIES),
             lengths(scale['nfs_lengths']), scale['nfs_size'] >> 20,
-            lengths(scale['replay_lengths'])))
+            lengths(scale['replay_lengths']), scale['replay_rounds']))
 
 
 def parse_args(argv):

@@ -540,6 +540,17 @@ def section_nfs(report, plots):
                   'open, stock / ours'), ratios), '']
 
 
+def replay_rounds_note(rounds):
+    """What the replay section says of how many replays a point is"""
+    if rounds == 1:
+        return 'one replay per point.'
+    return ('each point the median of %d replays (`--rounds %d`: the '
+            'build that goes first alternates from round to round, since '
+            'this machine\'s timings drift over minutes; "fio s" is the '
+            'median wall time of fio, all replays are in eval.json).' %
+            (rounds, rounds))
+
+
 def section_replay(report, plots):
     traces = []
     for t in sorted(report.get('replay_traces', ()),
@@ -602,10 +613,11 @@ def section_replay(report, plots):
             '(one operation in flight: the IOPS are the trace\'s own rate '
             'while both keep up, the latencies differ); "max" replays as '
             'fast as possible at QD16.  Latencies are fio\'s completion '
-            'latencies over all operations, in ms; one replay per point.' % (
+            'latencies over all operations, in ms; %s' % (
                 fmt(first.get('guest_boot_s'), '.1f'),
                 report.get('rocksdb_seconds', '?'),
-                fmt(first.get('rocksdb_ops_per_s'), '.0f'), lengths), '',
+                fmt(first.get('rocksdb_ops_per_s'), '.0f'), lengths,
+                replay_rounds_note(report.get('replay_rounds', 1))), '',
             md_table(('trace', 'disk', 'requests', 'dropped', 'reads',
                       'read MiB', 'writes', 'syncs', 'trims', 'span s',
                       'recorded read p50 ms', 'recorded read p99 ms'),

@@ -48,7 +48,7 @@ SCALES = {
               'live_snapshots': 100,
               'nfs_lengths': (1, 100, 1000), 'nfs_size': 128 << 20,
               'nfs_repeat': 3, 'nfs_seconds': 4,
-              'replay_lengths': (1, 100, 500)},
+              'replay_lengths': (1, 100, 500), 'replay_rounds': 3},
     'full': {'dd_size': 1 << 30, 'dd_lengths': (1, 10, 100, 500, 1000),
              'dd_repeat': 3,
              'boot_lengths': (1, 10, 100, 500, 1000), 'boot_repeat': 3,
@@ -63,7 +63,7 @@ SCALES = {
              'live_snapshots': 100,
              'nfs_lengths': (1, 10, 100, 500, 1000), 'nfs_size': 1 << 30,
              'nfs_repeat': 3, 'nfs_seconds': 10,
-             'replay_lengths': (1, 100, 500)},
+             'replay_lengths': (1, 100, 500), 'replay_rounds': 5},
 }
 # What the boot section says of the kernel vmrun booted (its 'kernel')
 KERNEL_NOTE = {

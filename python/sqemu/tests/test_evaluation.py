@@ -293,6 +293,10 @@ def test_section_replay():
     assert '| **no** |' in text
     assert 'Paper: not reported in the paper.' in text
     assert '![replay](eval/r.png)' in text
+    assert 'one replay per point.' in text
+    report = dict(replay_report(), replay_rounds=3)
+    text = '\n'.join(evaluation_report.section_replay(report, {}))
+    assert 'each point the median of 3 replays (`--rounds 3`' in text
 
 
 def test_replay_plot_and_report(tmp_path):
@@ -317,7 +321,7 @@ def test_replay_figure_options_and_merge(tmp_path):
     assert 'replay' in evaluation.DEBIAN_FIGURES
     base = {'figures': ['dd', 'nfs'], 'dd': ['old'], 'nfs': ['n'],
             'command': 'eval --quick', 'date': '2026-11-21'}
-    new = dict(replay_report(), figures=['replay'], dd=[],
+    new = dict(replay_report(), figures=['replay'], dd=[], replay_rounds=3,
                command='eval --quick --figures replay --merge',
                date='2026-12-04', seconds=9.0, builds={'ours': 'o'})
     merged = evaluation.merge_reports(base, new)
@@ -326,3 +330,6 @@ def test_replay_figure_options_and_merge(tmp_path):
     assert merged['replay'] == new['replay']
     assert merged['replay_traces'] == new['replay_traces']
     assert merged['replay_lengths'] == [1, 500]
+    assert merged['replay_rounds'] == 3
+    assert 'replayed at N=1,100,500 (medians of 3 rounds)' in \
+        evaluation.describe_scale('quick')
