@@ -190,9 +190,13 @@ def test_chain_errors(tmp_path):
         tr.chain_layers(str(tmp_path / 'a.qcow2'))
 
 
-def test_throwaway_copy_goes_whatever_ends_its_use(tmp_path):
+def test_throwaway_copy_goes_whatever_ends_its_use(tmp_path, monkeypatch):
     top = tmp_path / 'top.qcow2'
     top.write_bytes(b'data')
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(
+        os.readlink('/proc/self/fd/%d' % fd)) or fsync(fd))
     path = tr.copy_name(str(top), 'ours-max-1')
     assert os.path.dirname(path) == str(tmp_path)
     assert os.path.basename(path).startswith('.top.qcow2.replay-%d-'
@@ -205,6 +209,8 @@ def test_throwaway_copy_goes_whatever_ends_its_use(tmp_path):
                 raise end()
         assert not os.path.exists(path)
     assert os.listdir(tmp_path) == ['top.qcow2']
+    # each copy was on disk before its use
+    assert synced == [path] * 3
 
 
 def test_throwaway_copy_failure_names_the_cause(tmp_path):
