@@ -94,8 +94,9 @@ def run_tool(cmd):
     return output
 
 
-def run_json(cmd, what):
-    """Run a script that writes --json FILE; return the parsed JSON."""
+def run_json(cmd, what, usable=lambda status, data: status == 0):
+    """Run a script that writes --json FILE; return the parsed JSON, if
+    @usable(exit status, JSON) says it is (by default: exit status 0)."""
     with tempfile.NamedTemporaryFile(suffix='.json') as out:
         status, output = run_child(cmd + ['--json', out.name])
         try:
@@ -103,7 +104,7 @@ def run_json(cmd, what):
                 data = json.load(f)
         except ValueError:
             data = None
-    if status != 0 or data is None:
+    if data is None or not usable(status, data):
         tail = ' | '.join(output.strip().splitlines()[-4:])
         raise EvalError('%s failed (status %d): %s' % (what, status, tail))
     return data
@@ -533,18 +534,8 @@ def replay_json(cmd, what):
     """trace replay's JSON report of @cmd; its exit status 1 with a report
     (a replay that did not issue the trace's operations) is kept, the
     report says so"""
-    with tempfile.NamedTemporaryFile(suffix='.json') as out:
-        status, output = run_child(cmd + ['--json', out.name])
-        try:
-            with open(out.name) as f:
-                data = json.load(f)
-        except ValueError:
-            data = None
-    if data is None or 'summary' not in data or (
-            status != 0 and data.get('operations_match') is not False):
-        tail = ' | '.join(output.strip().splitlines()[-4:])
-        raise EvalError('%s failed (status %d): %s' % (what, status, tail))
-    return data
+    return run_json(cmd, what, lambda status, data: 'summary' in data and (
+        status == 0 or data.get('operations_match') is False))
 
 
 def replay_rows(data, trace, layers):
