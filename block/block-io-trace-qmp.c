@@ -84,12 +84,24 @@ BlockIOTraceInfo *qmp_block_io_trace_stop(bool has_device, const char *device,
                                           bool has_export, const char *export,
                                           Error **errp)
 {
-    const char *target;
+    const char *target = NULL;
+    Error *local_err = NULL;
+    BlockIOTraceInfo *info;
     BlockBackend *blk = block_io_trace_lookup(has_device, device, has_id, id,
                                               has_export, export, &target,
-                                              errp);
+                                              &local_err);
 
-    return blk ? block_io_trace_stop(blk, target, errp) : NULL;
+    if (blk) {
+        return block_io_trace_stop(blk, target, errp);
+    }
+    /* A device or export that is gone: its trace by the name it had */
+    info = target ? block_io_trace_stop_target(target) : NULL;
+    if (info) {
+        error_free(local_err);
+        return info;
+    }
+    error_propagate(errp, local_err);
+    return NULL;
 }
 
 BlockIOTraceInfoList *qmp_query_block_io_traces(Error **errp)

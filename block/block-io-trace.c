@@ -230,6 +230,15 @@ static void block_io_trace_finish(void *opaque)
     if (t->fill[t->head]) {
         block_io_trace_write(t, t->head, t->fill[t->head]);
     }
+    if (t->write_error) {
+        /* A failed write may have left part of its records: cut them */
+        if (ftruncate(t->fd, BLOCK_IO_TRACE_HEADER_SIZE +
+                      t->written * sizeof(BlockIOTraceRecord)) < 0) {
+            error_report("I/O trace of %s: cannot cut %s after its %" PRIu64
+                         " records: %s", t->target, t->filename, t->written,
+                         strerror(errno));
+        }
+    }
     block_io_trace_header(t, &h, true);
     ret = block_io_trace_pwrite(t, &h, sizeof(h), 0);
     if (ret < 0 && !t->write_error) {
@@ -253,23 +262,15 @@ static void block_io_trace_finish(void *opaque)
     g_free(t);
 }
 
-/* Drop a reference to @t; the last one finishes the trace in the main loop */
-static void block_io_trace_unref(BlockIOTrace *t)
+/* Drop a reference to @t; whether it was the last */
+static bool block_io_trace_put(BlockIOTrace *t)
 {
     bool last;
 
     qemu_mutex_lock(&block_io_trace_attach_lock);
     last = --t->refcnt == 0;
     qemu_mutex_unlock(&block_io_trace_attach_lock);
-
-    if (last) {
-        if (qemu_in_main_thread()) {
-            block_io_trace_finish(t);
-        } else {
-            aio_bh_schedule_oneshot(qemu_get_aio_context(),
-                                    block_io_trace_finish, t);
-        }
-    }
+    return last;
 }
 
 void block_io_trace_begin_traced(BlockIOTrace **slot,
@@ -293,6 +294,10 @@ void block_io_trace_end_traced(BlockIOTraceRequest *req, BlockIOTraceOp op,
     BlockIOTraceRecord *r;
 
     qemu_mutex_lock(&t->lock);
+    if (t->write_error) {
+        t->dropped++;           /* the file takes no more records */
+        goto out;
+    }
     if (t->fill[t->head] == BLOCK_IO_TRACE_BUFFER_RECORDS) {
         if (t->full == BLOCK_IO_TRACE_BUFFERS - 1) {
             t->dropped++;       /* every other buffer waits for the writer */
@@ -309,13 +314,18 @@ void block_io_trace_end_traced(BlockIOTraceRequest *req, BlockIOTraceOp op,
         .op = op,
         .flags = (flags & BDRV_REQ_FUA ? BLOCK_IO_TRACE_FUA : 0) |
                  (flags & BDRV_REQ_ZERO_WRITE ? BLOCK_IO_TRACE_ZEROES : 0) |
-                 (flags & BDRV_REQ_MAY_UNMAP ? BLOCK_IO_TRACE_UNMAP : 0),
+                 (flags & BDRV_REQ_MAY_UNMAP ? BLOCK_IO_TRACE_UNMAP : 0) |
+                 (flags & BDRV_REQ_PREFETCH ? BLOCK_IO_TRACE_PREFETCH : 0),
         .ret = cpu_to_le32(ret < 0 ? ret : 0),
     };
     t->records++;
 out:
     qemu_mutex_unlock(&t->lock);
-    block_io_trace_unref(t);
+    if (block_io_trace_put(t)) {
+        /* stopped while we ran: the main loop completes the file */
+        aio_bh_schedule_oneshot(qemu_get_aio_context(),
+                                block_io_trace_finish, t);
+    }
 }
 
 static BlockIOTraceInfo *block_io_trace_info(BlockIOTrace *t)
@@ -341,6 +351,7 @@ bool block_io_trace_start(BlockBackend *blk, const char *target,
     BlockIOTrace **slot = blk_io_trace_slot(blk);
     BlockIOTrace *t = *slot;
     BlockIOTraceHeader h;
+    AioContext *ctx;
     int64_t length;
     int fd, ret;
 
@@ -351,7 +362,10 @@ bool block_io_trace_start(BlockBackend *blk, const char *target,
                    target, t->filename);
         return false;
     }
+    ctx = blk_get_aio_context(blk);
+    aio_context_acquire(ctx);
     length = blk_getlength(blk);
+    aio_context_release(ctx);
     if (length < 0) {
         error_setg_errno(errp, -length, "Cannot trace %s: no disk length",
                          target);
@@ -424,12 +438,15 @@ static BlockIOTraceInfo *block_io_trace_detach(BlockIOTrace *t)
     /* The requests that started before are recorded before we count */
     aio_context_acquire(ctx);
     blk_drain(blk);
-    aio_context_release(ctx);
 
     info = block_io_trace_info(t);
     trace_block_io_trace_stop(t, info->records, info->dropped);
-    block_io_trace_unref(t);
+    if (block_io_trace_put(t)) {
+        block_io_trace_finish(t);
+    }
+    /* Ours may be the last reference (a device or export gone since) */
     blk_unref(blk);
+    aio_context_release(ctx);
     return info;
 }
 
@@ -445,6 +462,20 @@ BlockIOTraceInfo *block_io_trace_stop(BlockBackend *blk, const char *target,
         return NULL;
     }
     return block_io_trace_detach(t);
+}
+
+BlockIOTraceInfo *block_io_trace_stop_target(const char *target)
+{
+    BlockIOTrace *t;
+
+    GLOBAL_STATE_CODE();
+
+    QLIST_FOREACH(t, &block_io_traces, next) {
+        if (!strcmp(t->target, target)) {
+            return block_io_trace_detach(t);
+        }
+    }
+    return NULL;
 }
 
 BlockIOTraceInfoList *block_io_trace_query(void)

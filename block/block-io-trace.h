@@ -15,7 +15,9 @@
  * only appends 40 bytes to a buffer in memory.
  *
  * File format (little endian): a 64-byte header, then one 40-byte record per
- * completed request, in the order the requests completed.
+ * completed request, in the order the records were appended (which is the
+ * order of completion, but for requests completing at once in different
+ * threads).
  *
  *   header   0  magic "SQIOTRAC"
  *            8  u32 version (1)
@@ -33,7 +35,8 @@
  *           16  u64 offset in bytes
  *           24  u64 length in bytes (0 for a flush)
  *           32  u8  operation: 0 read, 1 write, 2 discard, 3 flush
- *           33  u8  flags: bit 0 FUA, bit 1 write zeroes, bit 2 may unmap
+ *           33  u8  flags: bit 0 FUA, bit 1 write zeroes, bit 2 may unmap,
+ *               bit 3 prefetch (an NBD client's CACHE request)
  *           34  u16 reserved (zero)
  *           36  s32 result: 0, or a negative errno
  */
@@ -62,6 +65,7 @@ typedef enum BlockIOTraceOp {
 #define BLOCK_IO_TRACE_FUA 1
 #define BLOCK_IO_TRACE_ZEROES 2
 #define BLOCK_IO_TRACE_UNMAP 4
+#define BLOCK_IO_TRACE_PREFETCH 8
 
 /* One request being traced, on its coroutine's stack */
 typedef struct BlockIOTraceRequest {
@@ -115,6 +119,12 @@ bool block_io_trace_start(BlockBackend *blk, const char *target,
  */
 BlockIOTraceInfo *block_io_trace_stop(BlockBackend *blk, const char *target,
                                       Error **errp);
+
+/*
+ * Stop the trace that was started for @target (as named then), if there is
+ * one: the trace of a device or export that is gone; its counters, or NULL
+ */
+BlockIOTraceInfo *block_io_trace_stop_target(const char *target);
 
 /* The traces that are on */
 BlockIOTraceInfoList *block_io_trace_query(void);

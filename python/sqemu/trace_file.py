@@ -13,7 +13,7 @@ HEADER = struct.Struct('<8sIIIIQQQ16x')
 RECORD = struct.Struct('<QQQQBBHi')
 COMPLETE = 1
 OPS = ('read', 'write', 'discard', 'flush')
-FLAGS = ((1, 'fua'), (2, 'zeroes'), (4, 'unmap'))
+FLAGS = ((1, 'fua'), (2, 'zeroes'), (4, 'unmap'), (8, 'prefetch'))
 
 
 class TraceFileError(Exception):
@@ -41,6 +41,12 @@ class Trace:
         self.complete = bool(flags & COMPLETE)
         body = data[HEADER.size:]
         whole = len(body) - len(body) % RECORD.size
+        self.excess = 0
+        if self.complete and whole > self.records * RECORD.size:
+            # a write that failed part-way left records the header does
+            # not count: they are not read
+            self.excess = whole // RECORD.size - self.records
+            whole = self.records * RECORD.size
         self.requests = []
         for issued, completed, offset, length, op, fl, _, ret in \
                 RECORD.iter_unpack(body[:whole]):
@@ -49,7 +55,7 @@ class Trace:
                                      (path, len(self.requests), op))
             self.requests.append((issued, completed, offset, length,
                                   OPS[op], fl, ret))
-        if self.complete and len(self.requests) != self.records:
+        if self.complete and len(self.requests) < self.records:
             raise TraceFileError('%s: the header says %d records, the file '
                                  'holds %d' % (path, self.records,
                                                len(self.requests)))
@@ -61,6 +67,10 @@ class Trace:
             said.append('the trace was not stopped (QEMU was killed, or it '
                         'is still on): %d whole records read' %
                         len(self.requests))
+        if self.excess:
+            said.append('%d records past the %d the header counts were not '
+                        'read (a write of the trace failed part-way)' %
+                        (self.excess, self.records))
         if self.dropped:
             said.append('%d requests were not recorded (the trace file '
                         'could not keep up)' % self.dropped)

@@ -42,7 +42,8 @@ def test_a_complete_trace_is_read(tmp_path):
     assert t.complete and t.disk_length == 1 << 20 and not t.warnings()
     assert t.requests[1] == (1000, 41000, 0, 65536, 'write', 1, 0)
     assert t.requests[4][6] == -5
-    assert trace_file.flag_names(7) == ['fua', 'zeroes', 'unmap']
+    assert trace_file.flag_names(15) == ['fua', 'zeroes', 'unmap',
+                                         'prefetch']
 
 
 def test_a_trace_cut_short_gives_its_whole_records_and_says_so(tmp_path):
@@ -78,9 +79,19 @@ def test_unknown_versions_and_operations_are_refused(tmp_path):
         trace_file.Trace(tmp_path / 't')
 
 
-def test_a_complete_header_must_count_the_records(tmp_path):
+def test_records_past_a_complete_header_are_not_read(tmp_path):
     write_trace(tmp_path / 't', RECORDS, extra=RECORD.pack(*RECORDS[0]))
-    with pytest.raises(trace_file.TraceFileError, match='says 5 records'):
+    t = trace_file.Trace(tmp_path / 't')
+    assert len(t.requests) == 5
+    assert '1 records past the 5' in t.warnings()[0]
+
+
+def test_a_complete_header_must_not_count_more_records(tmp_path):
+    write_trace(tmp_path / 't', RECORDS)
+    data = bytearray((tmp_path / 't').read_bytes())
+    data[32] = 6            # the header's count of records
+    (tmp_path / 't').write_bytes(bytes(data))
+    with pytest.raises(trace_file.TraceFileError, match='says 6 records'):
         trace_file.Trace(tmp_path / 't')
 
 
