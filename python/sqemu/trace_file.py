@@ -72,8 +72,9 @@ class Trace:
                         'read (a write of the trace failed part-way)' %
                         (self.excess, self.records))
         if self.dropped:
-            said.append('%d requests were not recorded (the trace file '
-                        'could not keep up)' % self.dropped)
+            said.append('%d requests were not recorded (its writer could '
+                        'not keep up, or writing the file failed)' %
+                        self.dropped)
         return said
 
 
