@@ -23,7 +23,6 @@
 # fewer IOPS with the trace on, at queue depth 16).  Each traced run's
 # records are counted against fio's requests.
 
-import argparse
 import os
 import signal
 import statistics
@@ -187,16 +186,6 @@ def cmd_overhead(args):
         subprocess.run(['rm', '-rf', workdir])
 
 
-def size_arg(text):
-    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
-    try:
-        if text[-1:].upper() in units:
-            return int(text[:-1]) * units[text[-1].upper()]
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('not a size: %r' % text)
-
-
 def add_parser(sub):
     """trace record's and trace overhead's parsers, under @sub"""
     rec = sub.add_parser(
@@ -229,7 +218,7 @@ def add_parser(sub):
     ovh.add_argument('--runtime', type=float, default=10, metavar='S',
                      help='seconds per fio run (default 10)')
     ovh.add_argument('--iodepth', type=int, default=16)
-    ovh.add_argument('--size', type=size_arg, default=1 << 30,
+    ovh.add_argument('--size', type=util.parse_size, default=1 << 30,
                      help='the disk (default 1G)')
     ovh.add_argument('--workdir', help='a new directory for the disk and '
                      'the traces (default: one under /var/tmp)')

@@ -180,9 +180,19 @@ def test_overhead_report_takes_medians_and_judges_the_target():
     assert trace_record.overhead_report(runs, 16)[3].endswith('NOT met')
 
 
-def test_size_arg():
-    assert trace_record.size_arg('256M') == 256 << 20
-    assert trace_record.size_arg('4096') == 4096
-    import argparse
-    with pytest.raises(argparse.ArgumentTypeError):
-        trace_record.size_arg('big')
+def test_overhead_takes_sizes_as_the_other_commands_do(capsys):
+    assert trace_cmd.parse_args(['overhead', '--size', '256M']).size == \
+        256 << 20
+    with pytest.raises(SystemExit):
+        trace_cmd.parse_args(['overhead', '--size', 'big'])
+    assert '--size' in capsys.readouterr().err
+
+
+def test_record_without_a_monitor_is_an_error(monkeypatch, capsys):
+    def no_monitor(path, wait, error, timeout=None):
+        raise error('no QMP monitor at %s' % path)
+    monkeypatch.setattr(trace_record.qmp, 'Monitor', no_monitor)
+    assert trace_cmd.main(['record', '--qmp', '/nonexistent.sock',
+                           '--export', 'exp0', 'out.iotrace']) == 1
+    assert 'trace: error: no QMP monitor at /nonexistent.sock' in \
+        capsys.readouterr().err
