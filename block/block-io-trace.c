@@ -195,6 +195,19 @@ static void *block_io_trace_writer(void *opaque)
     return NULL;
 }
 
+/* Free @t: its file closed, its writer thread joined or never started */
+static void block_io_trace_free(BlockIOTrace *t)
+{
+    for (int i = 0; i < BLOCK_IO_TRACE_BUFFERS; i++) {
+        g_free(t->buffer[i]);
+    }
+    qemu_cond_destroy(&t->wake);
+    qemu_mutex_destroy(&t->lock);
+    g_free(t->target);
+    g_free(t->filename);
+    g_free(t);
+}
+
 /* The header of @t's file, complete if @complete */
 static void block_io_trace_header(BlockIOTrace *t, BlockIOTraceHeader *h,
                                   bool complete)
@@ -251,15 +264,7 @@ static void block_io_trace_finish(void *opaque)
     }
     trace_block_io_trace_finish(t, t->written, t->dropped);
     close(t->fd);
-
-    for (int i = 0; i < BLOCK_IO_TRACE_BUFFERS; i++) {
-        g_free(t->buffer[i]);
-    }
-    qemu_cond_destroy(&t->wake);
-    qemu_mutex_destroy(&t->lock);
-    g_free(t->target);
-    g_free(t->filename);
-    g_free(t);
+    block_io_trace_free(t);
 }
 
 /* Drop a reference to @t; whether it was the last */
@@ -397,16 +402,9 @@ bool block_io_trace_start(BlockBackend *blk, const char *target,
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Cannot trace %s: writing '%s' failed",
                          target, filename);
-        for (int i = 0; i < BLOCK_IO_TRACE_BUFFERS; i++) {
-            g_free(t->buffer[i]);
-        }
-        qemu_cond_destroy(&t->wake);
-        qemu_mutex_destroy(&t->lock);
         close(fd);
         unlink(filename);
-        g_free(t->target);
-        g_free(t->filename);
-        g_free(t);
+        block_io_trace_free(t);
         return false;
     }
     qemu_thread_create(&t->writer, "io-trace", block_io_trace_writer, t,
