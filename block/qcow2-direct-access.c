@@ -609,6 +609,11 @@ static int coroutine_fn da_detect_preallocation(BlockDriverState *l)
     threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
     end = size_to_clusters(ls, file_length);
 
+    /* a read-only layer reads its refcount table when first needed */
+    ret = qcow2_refcount_table_load_rest(l);
+    if (ret < 0) {
+        return ret;
+    }
     block = qemu_try_blockalign(l->file->bs, ls->cluster_size);
     if (!block) {
         return -ENOMEM;

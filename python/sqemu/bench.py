@@ -10,7 +10,8 @@
 #     first, and that --repeat times, so that the ratios compare reads made
 #     minutes apart at most;
 # and, chain by chain, each build in turn, stock first:
-#   - random 4 KiB reads, QD16, through qemu-storage-daemon's NBD export
+#   - random 4 KiB reads, QD16 (--rand-iodepth), through
+#     qemu-storage-daemon's NBD export
 #     (fio): IOPS and the daemon's peak RSS;
 #   - chain open time (qemu-io -c quit, median of several runs);
 #   - snapshot creation on top of the chain (qemu-img create -b): time and
@@ -267,11 +268,11 @@ def read_counters(tools, top, size):
     return counters
 
 
-def run_fio(sock, runtime):
+def run_fio(sock, runtime, iodepth):
     output = execute(['fio', '--name=randread', '--ioengine=nbd',
                       '--uri=nbd+unix:///disk?socket=' + sock,
                       '--rw=randread', '--bs=' + RAND_BLOCK,
-                      '--iodepth=%d' % RAND_IODEPTH,
+                      '--iodepth=%d' % iodepth,
                       '--runtime=%d' % runtime, '--time_based',
                       '--output-format=json'])[0]
     job = util.fio_job(output, BenchError, 200)
@@ -295,7 +296,7 @@ def daemon_command(tools, cmd):
     return cmd
 
 
-def rand_read(tools, top, runtime, workdir):
+def rand_read(tools, top, runtime, iodepth, workdir):
     rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
     try:
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
@@ -305,7 +306,7 @@ def rand_read(tools, top, runtime, workdir):
                     BenchError,
                     launch=lambda cmd, log: Process(
                         daemon_command(tools, cmd), log)) as daemon:
-            iops = run_fio(daemon.nbd, runtime)
+            iops = run_fio(daemon.nbd, runtime, iodepth)
             daemon.stop(DAEMON_STOP_TIMEOUT)
             rss = daemon.proc.maxrss
     finally:
@@ -403,8 +404,10 @@ def measure(args, build, info, layers, top, workdir, seq):
         errors.append(seq['error'])
     else:
         row.update(seq)
-    progress('%s: rand read (fio %d s)...' % (label, args.runtime))
-    step('rand read', rand_read, tools, top, args.runtime, workdir)
+    progress('%s: rand read (fio %d s, QD%d)...' %
+             (label, args.runtime, args.rand_iodepth))
+    step('rand read', rand_read, tools, top, args.runtime, args.rand_iodepth,
+         workdir)
     progress('%s: chain open...' % label)
     step('chain open', open_time, tools, top)
     if info['sqemu_extension'] and not errors:
@@ -643,7 +646,7 @@ def parameters(args):
             'cluster_size': args.cluster_size, 'fill': 1.0,
             'dist': 'uniform', 'seed': SEED,
             'seq_block': SEQ_BLOCK, 'seq_queue_depth': 1,
-            'rand_block': RAND_BLOCK, 'rand_iodepth': RAND_IODEPTH,
+            'rand_block': RAND_BLOCK, 'rand_iodepth': args.rand_iodepth,
             'seq_repeat': args.repeat,
             'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
             'chain_options': args.chain_options, 'quick': args.quick,
@@ -654,7 +657,7 @@ def parameters(args):
 # (title, ((row key, line style, scale, label suffix), ...))
 PANELS = (
     ('sequential read, QD1 (MB/s)', (('seq_mbps', '-', 1, ''),)),
-    ('random 4k read, QD16 over NBD (IOPS)',
+    ('random 4k read over NBD (IOPS)',
      (('rand_iops', '-', 1, ''),)),
     ('peak RSS (MiB)',
      (('qsd_rss_kib', '-', 1 / 1024, ' qemu-storage-daemon'),
@@ -743,6 +746,10 @@ def parse_args():
     parser.add_argument('--runtime', type=int, metavar='SECONDS',
                         help='fio run time per measurement (default %d; '
                              'quick: %d)' % (DEFAULT_RUNTIME, QUICK_RUNTIME))
+    parser.add_argument('--rand-iodepth', type=int, default=RAND_IODEPTH,
+                        metavar='N',
+                        help='requests in flight of the random reads '
+                             '(default %d)' % RAND_IODEPTH)
     parser.add_argument('--chain-options', default='', metavar='OPTS',
                         help='qcow2 creation options for the chain (mkchain '
                              '-o) and, if ours has the sQemu extension, for '
@@ -794,6 +801,8 @@ def parse_args():
                      '--cluster-size')
     if args.repeat is None:
         args.repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    if args.rand_iodepth < 1:
+        parser.error('--rand-iodepth must be at least 1')
     if args.runtime < 1:
         parser.error('--runtime must be at least 1')
     if args.repeat < 1:
@@ -846,7 +855,8 @@ def bench(args):
     m = report['machine']
     print('disk %d MiB, cluster %d KiB, fio %s QD%d %d s; %d CPUs, '
           'kernel %s' % (args.size >> 20, args.cluster_size >> 10,
-                         RAND_BLOCK, RAND_IODEPTH, args.runtime, m['nproc'],
+                         RAND_BLOCK, args.rand_iodepth, args.runtime,
+                         m['nproc'],
                          m['kernel']))
     if args.nfs_nodes:
         print('chains on %d NFS storage nodes (nfs-ganesha, TCP over veth), '
