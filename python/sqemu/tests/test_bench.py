@@ -77,3 +77,31 @@ def test_targets_of_a_failed_measurement():
     assert 'failed ms stock' in text
     assert 'N=1000 stock: chain open: cannot open' in text
     assert bench.format_row(rows[2]).split()[:2] == ['1000', 'stock']
+
+
+def test_rand_iodepth(monkeypatch, capsys):
+    monkeypatch.setattr('sys.argv', ['bench', '--quick'])
+    args = bench.parse_args()
+    assert args.rand_iodepth == bench.RAND_IODEPTH
+    assert bench.parameters(args)['rand_iodepth'] == bench.RAND_IODEPTH
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--rand-iodepth',
+                                     '0'])
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args()
+    assert e.value.code == 2
+    assert '--rand-iodepth must be at least 1' in capsys.readouterr().err
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--rand-iodepth',
+                                     '1'])
+    args = bench.parse_args()
+    assert bench.parameters(args)['rand_iodepth'] == 1
+
+    # fio is asked for that depth
+    commands = []
+
+    def fake_execute(cmd):
+        commands.append(cmd)
+        return ('nbd: connected\n{"jobs": [{"error": 0, '
+                '"read": {"iops": 1234.5}}]}\n', 1.0, 0, 0)
+    monkeypatch.setattr(bench, 'execute', fake_execute)
+    assert bench.run_fio('/s', 5, 1) == 1234.5
+    assert '--iodepth=1' in commands[0]
