@@ -7,7 +7,8 @@
 #   3. upstream's "./check -qcow2 -g quick" against the built binaries,
 #   4. the same quick group again with "-o backing-index=on", so that every
 #      image the tests create carries an sQemu backing index,
-# and prints a summary per stage and one closing summary line.  A failure
+# and prints a summary per stage, the diff each failed iotest printed
+# (again, at the end) and one closing summary line.  A failure
 # of an upstream iotest counts unless tests/qemu-iotests/sqemu-known-failures
 # names it with its environmental reason or, in stage 4 only,
 # tests/qemu-iotests/sqemu-backing-index-excluded names it with the reason
@@ -43,6 +44,8 @@ TIMING = os.path.join(TOP, 'tests', 'qemu-iotests',
                       'sqemu-timing-dependent')
 # Re-runs of a failed timing-dependent test
 RERUNS = 2
+# Lines of what a failed test printed repeated at the end of the output
+PRINTED_LINES = 60
 BI_OPTION = 'backing-index=on'
 
 # The stages in the order they run, as --only names them
@@ -63,6 +66,8 @@ class Tally:
     def __init__(self):
         self.passed = self.failed = self.skipped = 0
         self.failures = []
+        # failure ('suite: test') -> what its runner printed about it
+        self.printed = {}
         # suite -> [passed, failed, skipped], in the order the suites ran
         self.suites = {}
         # suite -> {why: [test, ...]}: the failures that were not counted
@@ -70,7 +75,7 @@ class Tally:
         # suite -> {why: [test, ...]}: results worth listing apart
         self.noted = {}
 
-    def add(self, suite, name, status, why=None):
+    def add(self, suite, name, status, why=None, printed=None):
         counts = self.suites.setdefault(suite, [0, 0, 0])
         if status == 'pass':
             self.passed += 1
@@ -85,6 +90,8 @@ class Tally:
             self.failed += 1
             counts[1] += 1
             self.failures.append('%s: %s' % (suite, name))
+            if printed:
+                self.printed['%s: %s' % (suite, name)] = printed
 
     def note(self, suite, why, name):
         """List @name apart in @suite's summary line for @why."""
@@ -183,9 +190,33 @@ def parse_result(line):
     return m.group(1), m.group(2), why
 
 
-def run_iotests(args, env=None, reasons=None):
-    """Run upstream's iotests runner; return {test: status}.  The reason of
-    each "not run" goes into @reasons ({test: reason}) when given."""
+def read_runner_output(lines, out, reasons=None, printed=None):
+    """{test: status} from the iotests runner's output @lines, each copied
+    to @out.  The reason of each "not run" goes into @reasons ({test:
+    reason}) and what the runner printed after each failure (its diff) into
+    @printed ({test: [line, ...]}) when given."""
+    results = {}
+    failed = None
+    for line in lines:
+        out.write(line)
+        result = parse_result(line)
+        if result:
+            test, status, why = result
+            results[test] = status
+            if why and reasons is not None:
+                reasons[test] = why
+            failed = test if status == 'fail' else None
+        elif line.startswith('Failures: '):
+            # the runner's closing lines
+            failed = None
+        elif failed and printed is not None:
+            printed.setdefault(failed, []).append(line.rstrip('\n'))
+    return results
+
+
+def run_iotests(args, env=None, reasons=None, printed=None):
+    """Run upstream's iotests runner; return {test: status}.  @reasons and
+    @printed as read_runner_output() fills them."""
     # The runner runs Python tests with the interpreter that runs it: this
     # one (Debian's python3, as the '#!' above says), not whichever python3
     # comes first on PATH.
@@ -194,15 +225,7 @@ def run_iotests(args, env=None, reasons=None):
     proc = subprocess.Popen(cmd, cwd=IOTESTS, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env=env or iotests_env())
-    results = {}
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        result = parse_result(line)
-        if result:
-            test, status, why = result
-            results[test] = status
-            if why and reasons is not None:
-                reasons[test] = why
+    results = read_runner_output(proc.stdout, sys.stdout, reasons, printed)
     proc.wait()
     if not results:
         results['./check ' + ' '.join(args)] = 'fail'
@@ -279,14 +302,16 @@ def rerun_timing_dependent(tally, suite, results, args, env):
 
 
 def tally_iotests(tally, suite, results, known, excluded=None,
-                  reasons=None, own=False):
+                  reasons=None, own=False, printed=None):
     """Count @results.  A failure of a test that @known names (environmental)
     or @excluded names (cannot pass with -o backing-index=on) is reported
     and counted as skipped.  A "not run" is a skip with its reason from
     @reasons, except for the project's own tests (@own), which this
-    command gives everything they need: there it is a failure."""
+    command gives everything they need: there it is a failure.  A failure
+    keeps what the runner printed about it (@printed, {test: lines})."""
     excluded = excluded or {}
     reasons = reasons or {}
+    printed = printed or {}
     for test, status in sorted(results.items()):
         if status == 'not run':
             why = reasons.get(test, 'no reason given')
@@ -307,7 +332,8 @@ def tally_iotests(tally, suite, results, known, excluded=None,
                 (test, BI_OPTION, excluded[test]))
             tally.add(suite, test, 'skip', 'excluded with -o %s' % BI_OPTION)
         else:
-            tally.add(suite, test, status)
+            tally.add(suite, test, status,
+                      printed=printed.get(test) if status == 'fail' else None)
     for what, listed in (('known failure', known),
                          ('excluded test', excluded)):
         for test in sorted(set(listed) - set(results)):
@@ -322,13 +348,14 @@ def run_upstream_bi(tally):
     env = iotests_env()
     scratch = env.get('TEST_DIR') or os.path.join(IOTESTS, 'scratch')
     env['TEST_DIR'] = scratch.rstrip('/') + '-backing-index'
-    reasons = {}
-    results = run_iotests(['-o', BI_OPTION, '-g', 'quick'], env, reasons)
+    reasons, printed = {}, {}
+    results = run_iotests(['-o', BI_OPTION, '-g', 'quick'], env, reasons,
+                          printed)
     rerun_timing_dependent(tally, 'upstream-iotests-bi', results,
                            ['-o', BI_OPTION], env)
     tally_iotests(tally, 'upstream-iotests-bi', results,
                   read_test_list(KNOWN), read_test_list(BI_EXCLUDED),
-                  reasons)
+                  reasons, printed=printed)
 
 
 def main():
@@ -390,19 +417,30 @@ def main():
     if 'unit' in stages:
         run_unit_tests(tally)
     if 'sqemu-iotests' in stages:
-        reasons = {}
+        reasons, printed = {}, {}
         tally_iotests(tally, 'sqemu-iotests',
-                      run_iotests(['-g', 'sqemu'], None, reasons), {},
-                      reasons=reasons, own=True)
+                      run_iotests(['-g', 'sqemu'], None, reasons, printed),
+                      {}, reasons=reasons, own=True, printed=printed)
     if 'iotests' in stages:
-        reasons = {}
-        results = run_iotests(['-g', 'quick'], None, reasons)
+        reasons, printed = {}, {}
+        results = run_iotests(['-g', 'quick'], None, reasons, printed)
         rerun_timing_dependent(tally, 'upstream-iotests', results, [], None)
         tally_iotests(tally, 'upstream-iotests', results,
-                      read_test_list(KNOWN), reasons=reasons)
+                      read_test_list(KNOWN), reasons=reasons, printed=printed)
     if 'iotests-bi' in stages:
         run_upstream_bi(tally)
     tally.summary()
+    # What each failure printed, again at the end where a log's tail
+    # shows it (CI keeps only the tail)
+    for failure in tally.failures:
+        lines = tally.printed.get(failure, [])
+        if lines:
+            log('%s printed (%s):' % (failure, 'its %d lines' % len(lines)
+                                      if len(lines) <= PRINTED_LINES else
+                                      'the first %d of %d lines' %
+                                      (PRINTED_LINES, len(lines))))
+            for line in lines[:PRINTED_LINES]:
+                log('| %s' % line)
     for failure in tally.failures:
         log('FAILED %s' % failure)
     log('finished in %d s' % (time.time() - start))

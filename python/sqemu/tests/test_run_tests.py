@@ -3,6 +3,8 @@
 # sqemu.run_tests (make check): reading the runner's result lines, the
 # lists of known failures, and how results are counted.
 
+import io
+
 import pytest
 
 from sqemu import run_tests
@@ -61,3 +63,33 @@ def test_own_tests_must_run():
                             reasons={'sqemu-x': 'not suitable for this'},
                             own=True)
     assert tally.failures == ['own: sqemu-x']
+
+
+def test_read_runner_output():
+    lines = ['QEMU  -- "/x/qemu-system-x86_64"\n',
+             '001  pass  [00:00:01] [00:00:02]  1s\n',
+             '002  fail  [00:00:02] [00:00:03]  1s  output mismatch\n',
+             '--- 002.out\n', '+++ 002.out.bad\n', '-a\n', '+b\n',
+             '003  not run  [00:00:03] [00:00:03]  ...  needs root\n',
+             '004  fail  [00:00:03] [00:00:04]  1s\n', '+c\n',
+             'Failures: 002 004\n', 'Failed 2 of 4 iotests\n']
+    copy = io.StringIO()
+    reasons, printed = {}, {}
+    results = run_tests.read_runner_output(lines, copy, reasons, printed)
+    assert results == {'001': 'pass', '002': 'fail', '003': 'not run',
+                       '004': 'fail'}
+    assert reasons == {'003': 'needs root'}
+    # the diff after the failure, up to the next result line
+    assert printed == {'002': ['--- 002.out', '+++ 002.out.bad', '-a',
+                               '+b'], '004': ['+c']}
+    assert copy.getvalue() == ''.join(lines)
+    # a failure keeps it in the tally; a known failure does not
+    tally = run_tests.Tally()
+    run_tests.tally_iotests(tally, 'up', results, {}, reasons=reasons,
+                            printed=printed)
+    assert tally.printed == {'up: 002': printed['002'],
+                             'up: 004': ['+c']}
+    tally = run_tests.Tally()
+    run_tests.tally_iotests(tally, 'up', results, {'002': 'environment'},
+                            reasons=reasons, printed=printed)
+    assert tally.printed == {'up: 004': ['+c']}
