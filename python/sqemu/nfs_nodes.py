@@ -32,9 +32,9 @@
 #     once), losses, reordering, jitter, MTU-sized packets (a chunk is what
 #     one recv() returned, up to 256 KiB), UDP (rpcbind over UDP reaches
 #     the proxy's address unforwarded: libnfs uses TCP), and the proxy
-#     itself adds some tens of microseconds per chunk and direction
-#     (Python threads); the node's own address stays reachable without
-#     the proxy (direct_address), for comparisons.
+#     itself adds some microseconds per chunk and direction (one Python
+#     thread: an epoll loop with a timerfd); the node's own address stays
+#     reachable without the proxy (direct_address), for comparisons.
 #
 # Nodes get addresses in 10.237.X.0/24, X unused on the host (addresses
 # and routes), taken under a lock so that concurrent runs do not collide:
@@ -49,18 +49,20 @@
 # split_layers() to spread a chain's layers over the nodes.
 
 import argparse
+import collections
+import ctypes
 import glob
+import heapq
 import ipaddress
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import queue
 import time
 
 from sqemu import paths
@@ -296,22 +298,62 @@ def url(address, export, relative=''):
 
 # The latency proxy
 
-# What one recv() forwards at most, and how many such chunks a direction
-# of a connection holds before it stops reading (16 MiB in flight)
+# What one recv() forwards at most, and how many bytes a direction of a
+# connection holds before it stops reading (16 MiB in flight)
 CHUNK = 256 << 10
-QUEUE_CHUNKS = 64
+QUEUE_BYTES = 64 * CHUNK
+
+CLOCK_MONOTONIC = 1
+TFD_NONBLOCK = os.O_NONBLOCK
+TFD_CLOEXEC = os.O_CLOEXEC
+TFD_TIMER_ABSTIME = 1
 
 
-def sleep_overshoot(samples=50, pause=0.0002):
-    """How much longer than asked time.sleep() sleeps here (the median of
-    @samples sleeps of @pause): some 70 us on a small VM, a sixth of a
-    0.4 ms delay, which the proxy takes off its pauses"""
-    late = []
-    for _ in range(samples):
-        start = time.monotonic()
-        time.sleep(pause)
-        late.append(time.monotonic() - start - pause)
-    return max(0.0, sorted(late)[samples // 2])
+class Timespec(ctypes.Structure):
+    _fields_ = [('tv_sec', ctypes.c_long), ('tv_nsec', ctypes.c_long)]
+
+
+class Itimerspec(ctypes.Structure):
+    _fields_ = [('it_interval', Timespec), ('it_value', Timespec)]
+
+
+class Timer:
+    """A timerfd on CLOCK_MONOTONIC (time.monotonic()'s clock), which an
+    epoll loop waits for with nanosecond resolution: Python 3.11's
+    epoll.poll() and poll() round their timeouts up to whole
+    milliseconds, twice a 0.5 ms round trip"""
+
+    def __init__(self):
+        self.fd = proc.LIBC.timerfd_create(CLOCK_MONOTONIC,
+                                           TFD_NONBLOCK | TFD_CLOEXEC)
+        if self.fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, 'timerfd_create: %s' % os.strerror(err))
+        self.armed = None
+
+    def arm(self, when):
+        """Fire at monotonic time @when (seconds); None disarms"""
+        if when == self.armed:
+            return
+        spec = Itimerspec()
+        if when is not None:
+            ns = max(1, int(when * 1e9))
+            spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(ns, 10 ** 9)
+        if proc.LIBC.timerfd_settime(self.fd, TFD_TIMER_ABSTIME,
+                                     ctypes.byref(spec), None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, 'timerfd_settime: %s' % os.strerror(err))
+        self.armed = when
+
+    def clear(self):
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+        self.armed = None
+
+    def close(self):
+        os.close(self.fd)
 
 
 class Link:
@@ -323,103 +365,228 @@ class Link:
         self.delay = delay          # seconds, one way
         self.rate = rate            # bytes per second, or None: unlimited
         self.free = 0.0             # when the link has sent what it has
-        self.lock = threading.Lock()
 
     def arrival(self, now, size):
         if not self.rate:
             return now + self.delay
-        with self.lock:
-            self.free = max(now, self.free) + size / self.rate
-            return self.free + self.delay
+        self.free = max(now, self.free) + size / self.rate
+        return self.free + self.delay
+
+
+class Direction:
+    """One direction of a proxied connection: what is read from @src is
+    stamped with its arrival time on @link and sent to @dst when due, in
+    order, without holding back reading (the throughput of a long link is
+    its bandwidth, not one chunk per round trip)"""
+
+    def __init__(self, conn, src, dst, link):
+        self.conn, self.src, self.dst, self.link = conn, src, dst, link
+        self.chunks = collections.deque()   # (due, data), not due yet
+        self.queued = 0                      # bytes in chunks and out
+        self.out = b''                       # due, not sent yet
+        self.eof = False                     # src has ended
+        self.done = False                    # dst has been shut for writes
 
 
 class Connection:
-    """A client's connection and the proxy's connection to the node;
-    either direction's failure (a reset) ends both"""
+    """A client's connection and the proxy's connection to the node, a
+    Direction each way; either direction's failure (a reset) ends both"""
 
-    def __init__(self, client, upstream):
+    def __init__(self, client, upstream, links):
         self.sockets = (client, upstream)
-        self.left = 2
-        self.lock = threading.Lock()
+        self.directions = (Direction(self, client, upstream, links[0]),
+                           Direction(self, upstream, client, links[1]))
+        self.closed = False
 
-    def abort(self):
-        for sock in self.sockets:
+
+class Proxy:
+    """Forwards TCP connections in one thread: an epoll loop, the chunks
+    in flight on a heap of due times and a timerfd for the next one.  It
+    used to take four threads per connection, which handed every chunk
+    over through a queue: on a 2-CPU machine the proxies then took CPU
+    from what they carry traffic for."""
+
+    def __init__(self, links, overshoot=0.0):
+        self.links = links
+        self.overshoot = overshoot  # how late the timer wakes us, taken off
+        self.epoll = select.epoll()
+        self.timer = Timer()
+        self.epoll.register(self.timer.fd, select.EPOLLIN)
+        self.listeners = {}         # fd -> (listener, target, port)
+        self.sockets = {}           # fd -> (socket, Connection)
+        self.masks = {}             # fd -> registered event mask
+        self.due = []               # heap of (due, sequence, Direction)
+        self.sequence = 0
+
+    def listen(self, listener, target, port):
+        listener.setblocking(False)
+        self.listeners[listener.fileno()] = (listener, target, port)
+        self.epoll.register(listener.fileno(), select.EPOLLIN)
+
+    def accept(self, fd):
+        listener, target, port = self.listeners[fd]
+        try:
+            client, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
+            # the node is a veth away: a connect completes or fails at once
+            upstream = socket.create_connection((target, port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        conn = Connection(client, upstream, self.links)
+        for sock in conn.sockets:
+            sock.setblocking(False)
+            # RPCs are small: Nagle's algorithm would add its own delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sockets[sock.fileno()] = (sock, conn)
+            self.masks[sock.fileno()] = select.EPOLLIN
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def update(self, sock):
+        """Register for @sock what its directions wait for: reading while
+        the one it feeds has room, writing while the one it is fed by has
+        due bytes it could not send"""
+        fd = sock.fileno()
+        if fd not in self.masks:
+            return
+        _, conn = self.sockets[fd]
+        mask = 0
+        for d in conn.directions:
+            if d.src is sock and not d.eof and d.queued < QUEUE_BYTES:
+                mask |= select.EPOLLIN
+            if d.dst is sock and d.out:
+                mask |= select.EPOLLOUT
+        if mask != self.masks[fd]:
+            self.epoll.modify(fd, mask)
+            self.masks[fd] = mask
+
+    def abort(self, conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        for sock in conn.sockets:
+            fd = sock.fileno()
+            self.masks.pop(fd, None)
+            self.sockets.pop(fd, None)
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    def finished(self):
-        with self.lock:
-            self.left -= 1
-            if self.left:
-                return
-        for sock in self.sockets:
             sock.close()
 
+    def finish(self, conn):
+        """Close @conn once both directions have ended"""
+        if all(d.done for d in conn.directions):
+            self.abort(conn)
 
-def forward(conn, src, dst, link, overshoot):
-    """Copy @src to @dst, each chunk sent when @link says it arrives; the
-    reading side stamps chunks and queues them, a second thread sends them
-    when due, so that a delay never holds back reading (the throughput of a
-    long link is its bandwidth, not one chunk per round trip)"""
-    chunks = queue.Queue(QUEUE_CHUNKS)
-
-    def deliver():
-        broken = False
-        while True:
-            due, data = chunks.get()
-            if data is None:
+    def read(self, sock, conn):
+        for d in conn.directions:
+            if d.src is sock:
                 break
-            if broken:
-                continue            # drain, so that the reader never blocks
-            pause = due - time.monotonic() - overshoot
-            if pause > 0:
-                time.sleep(pause)
+        try:
+            data = sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort(conn)
+            return
+        if not data:
+            d.eof = True
+            self.flush(d)
+        else:
+            due = d.link.arrival(time.monotonic(), len(data))
+            d.chunks.append((due, data))
+            d.queued += len(data)
+            self.sequence += 1
+            heapq.heappush(self.due, (due, self.sequence, d))
+        if not conn.closed:
+            self.update(sock)
+
+    def release(self, d, now):
+        """Move @d's chunks that are due at @now to its output"""
+        parts = [d.out] if d.out else []
+        while d.chunks and d.chunks[0][0] - self.overshoot <= now:
+            parts.append(d.chunks.popleft()[1])
+        if parts:
+            d.out = b''.join(parts)
+            self.flush(d)
+
+    def flush(self, d):
+        """Send what @d has due; shut @d.dst for writes after an EOF"""
+        conn = d.conn
+        if conn.closed:
+            return
+        if d.out:
             try:
-                dst.sendall(data)
+                sent = d.dst.send(d.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             except OSError:
-                broken = True
-                conn.abort()
-        if not broken:
+                self.abort(conn)
+                return
+            d.out = memoryview(d.out)[sent:] if sent < len(d.out) else b''
+            d.queued -= sent
+            self.update(d.src)
+            self.update(d.dst)
+        if d.eof and not d.out and not d.chunks and not d.done:
+            d.done = True
             try:
-                dst.shutdown(socket.SHUT_WR)
+                d.dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+            self.finish(conn)
 
-    sender = threading.Thread(target=deliver, daemon=True)
-    sender.start()
-    try:
+    def fire(self):
+        now = time.monotonic()
+        while self.due and self.due[0][0] - self.overshoot <= now:
+            _, _, d = heapq.heappop(self.due)
+            if not d.conn.closed:
+                self.release(d, now)
+        self.timer.arm(self.due[0][0] - self.overshoot if self.due
+                       else None)
+
+    def run(self):
         while True:
-            data = src.recv(CHUNK)
-            if not data:
-                break
-            chunks.put((link.arrival(time.monotonic(), len(data)), data))
-    except OSError:
-        conn.abort()
-    chunks.put((None, None))
-    sender.join()
-    conn.finished()
+            for fd, events in self.epoll.poll():
+                if fd == self.timer.fd:
+                    self.timer.clear()
+                elif fd in self.listeners:
+                    self.accept(fd)
+                elif fd in self.sockets:
+                    sock, conn = self.sockets[fd]
+                    if events & (select.EPOLLIN | select.EPOLLHUP |
+                                 select.EPOLLERR):
+                        self.read(sock, conn)
+                    if events & select.EPOLLOUT and not conn.closed:
+                        for d in conn.directions:
+                            if d.dst is sock:
+                                self.flush(d)
+            self.fire()
 
 
-def serve_port(listener, target, port, links, overshoot):
-    while True:
-        client, _ = listener.accept()
-        try:
-            upstream = socket.create_connection((target, port), timeout=10)
-        except OSError:
-            client.close()
-            continue
-        upstream.settimeout(None)
-        for sock in (client, upstream):
-            # RPCs are small: Nagle's algorithm would add its own delay
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(client, upstream)
-        for src, dst, link in ((client, upstream, links[0]),
-                               (upstream, client, links[1])):
-            threading.Thread(target=forward,
-                             args=(conn, src, dst, link, overshoot),
-                             daemon=True).start()
+def timer_overshoot(samples=50, pause=0.0002):
+    """How much later than asked the proxy's timer wakes it here (the
+    median of @samples waits of @pause), which the proxy takes off its
+    waits"""
+    timer, epoll, late = Timer(), select.epoll(), []
+    epoll.register(timer.fd, select.EPOLLIN)
+    try:
+        for _ in range(samples):
+            start = time.monotonic()
+            timer.arm(start + pause)
+            epoll.poll()
+            timer.clear()
+            late.append(time.monotonic() - start - pause)
+    finally:
+        epoll.close()
+        timer.close()
+    return max(0.0, sorted(late)[samples // 2])
 
 
 def cmd_proxy(args):
@@ -427,25 +594,22 @@ def cmd_proxy(args):
     prints 'listening' once every port is bound"""
     # Stop with whoever started us, even if it is SIGKILLed
     proc.LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    signums = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    # blocked before any thread starts, so that sigwait() gets them all
-    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
     if args.parent and os.getppid() != args.parent:
         return 1
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
     delay = args.latency / 2000
     links = (Link(delay, args.bandwidth), Link(delay, args.bandwidth))
-    overshoot = sleep_overshoot() if delay else 0
-    listeners = []
+    proxy = Proxy(links, timer_overshoot() if delay else 0.0)
     for port in args.ports:
-        listeners.append((socket.create_server((args.listen, port),
-                                               backlog=128), port))
-    for listener, port in listeners:
-        threading.Thread(target=serve_port,
-                         args=(listener, args.connect, port, links,
-                               overshoot),
-                         daemon=True).start()
+        proxy.listen(socket.create_server((args.listen, port), backlog=128),
+                     args.connect, port)
     print('listening', flush=True)
-    signal.sigwait(signums)
+    proxy.run()
     return 0
 
 

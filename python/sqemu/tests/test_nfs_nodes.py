@@ -6,7 +6,10 @@
 
 import argparse
 import ipaddress
+import random
+import select
 import socket
+import struct
 import threading
 import time
 
@@ -253,9 +256,10 @@ def proxy(port, latency_ms, rate=None):
         pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
     delay = latency_ms / 2000
     links = (nfs_nodes.Link(delay, rate), nfs_nodes.Link(delay, rate))
-    threading.Thread(target=nfs_nodes.serve_port,
-                     args=(listener, '127.0.0.1', port, links, 0),
-                     daemon=True).start()
+    server = nfs_nodes.Proxy(links)
+    server.listen(listener, '127.0.0.1', port)
+    threading.Thread(target=server.run, daemon=True).start()
+    return server
 
 
 def round_trip(sock, size):
@@ -318,3 +322,77 @@ def test_proxy_half_close():
                 break
             data += chunk
     assert data == b'bye'
+
+
+def wait_until(condition, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_proxy_sub_millisecond_latency():
+    # the timerfd waits less than the millisecond epoll's timeout would
+    port = echo_server()
+    proxy(port, 0.5)
+    with socket.create_connection(('127.0.0.2', port)) as sock:
+        times = [round_trip(sock, 100) for _ in range(20)]
+    assert min(times) >= 0.0005
+
+
+def test_proxy_forwards_in_order_with_backpressure():
+    # more than a direction holds (QUEUE_BYTES): reading stops and goes
+    # on, every byte arrives once and in order
+    port = echo_server()
+    proxy(port, 2)
+    size = 3 * nfs_nodes.QUEUE_BYTES
+    data = bytes(random.Random(1).getrandbits(8) for _ in range(65536))
+    data = (data * (size // len(data) + 1))[:size]
+    with socket.create_connection(('127.0.0.2', port)) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(data,))
+        sender.start()
+        got = bytearray()
+        while len(got) < size:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            got += chunk
+        sender.join()
+    assert bytes(got) == data
+
+
+def test_proxy_closes_what_ends():
+    # a reset on one side ends both, and the proxy forgets the connection
+    port = echo_server()
+    server = proxy(port, 1)
+    sock = socket.create_connection(('127.0.0.2', port))
+    assert round_trip(sock, 10) > 0
+    assert wait_until(lambda: len(server.sockets) == 2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack('ii', 1, 0))
+    sock.close()
+    assert wait_until(lambda: not server.sockets)
+    # and a clean close (both halves) as well
+    with socket.create_connection(('127.0.0.2', port)) as sock:
+        assert round_trip(sock, 10) > 0
+    assert wait_until(lambda: not server.sockets)
+
+
+def test_timer():
+    timer = nfs_nodes.Timer()
+    epoll = select.epoll()
+    epoll.register(timer.fd, select.EPOLLIN)
+    try:
+        start = time.monotonic()
+        timer.arm(start + 0.002)
+        assert epoll.poll(5)
+        assert time.monotonic() >= start + 0.002
+        timer.clear()
+        # disarmed: nothing fires
+        timer.arm(time.monotonic() + 0.001)
+        timer.arm(None)
+        assert epoll.poll(0.05) == []
+    finally:
+        epoll.close()
+        timer.close()
