@@ -283,9 +283,10 @@ def read_test_list(path):
     return tests
 
 
-def rerun_timing_dependent(tally, suite, results, args, env):
+def rerun_timing_dependent(tally, suite, results, args, env, printed=None):
     """Run each failed test of @results that sqemu-timing-dependent names
-    again alone, up to RERUNS times; a pass replaces its result."""
+    again alone, up to RERUNS times; a pass replaces its result, and what
+    its first run printed (@printed) is kept for the end of the output."""
     timing = read_test_list(TIMING)
     for test, status in sorted(results.items()):
         if status != 'fail' or test not in timing:
@@ -298,6 +299,9 @@ def rerun_timing_dependent(tally, suite, results, args, env):
             if again == 'pass':
                 results[test] = 'pass'
                 tally.note(suite, 'timing-dependent, passed on re-run', test)
+                if printed and printed.get(test):
+                    tally.printed['%s: %s (passed on re-run)' %
+                                  (suite, test)] = printed[test]
                 break
 
 
@@ -352,7 +356,7 @@ def run_upstream_bi(tally):
     results = run_iotests(['-o', BI_OPTION, '-g', 'quick'], env, reasons,
                           printed)
     rerun_timing_dependent(tally, 'upstream-iotests-bi', results,
-                           ['-o', BI_OPTION], env)
+                           ['-o', BI_OPTION], env, printed)
     tally_iotests(tally, 'upstream-iotests-bi', results,
                   read_test_list(KNOWN), read_test_list(BI_EXCLUDED),
                   reasons, printed=printed)
@@ -424,7 +428,8 @@ def main():
     if 'iotests' in stages:
         reasons, printed = {}, {}
         results = run_iotests(['-g', 'quick'], None, reasons, printed)
-        rerun_timing_dependent(tally, 'upstream-iotests', results, [], None)
+        rerun_timing_dependent(tally, 'upstream-iotests', results, [], None,
+                               printed)
         tally_iotests(tally, 'upstream-iotests', results,
                       read_test_list(KNOWN), reasons=reasons, printed=printed)
     if 'iotests-bi' in stages:
@@ -432,7 +437,8 @@ def main():
     tally.summary()
     # What each failure printed, again at the end where a log's tail
     # shows it (CI keeps only the tail)
-    for failure in tally.failures:
+    for failure in [f for f in tally.printed if f not in tally.failures] + \
+            tally.failures:
         lines = tally.printed.get(failure, [])
         if lines:
             log('%s printed (%s):' % (failure, 'its %d lines' % len(lines)

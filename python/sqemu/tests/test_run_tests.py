@@ -93,3 +93,24 @@ def test_read_runner_output():
     run_tests.tally_iotests(tally, 'up', results, {'002': 'environment'},
                             reasons=reasons, printed=printed)
     assert tally.printed == {'up: 004': ['+c']}
+
+
+def test_rerun_keeps_first_diff(tmp_path, monkeypatch):
+    timing = tmp_path / 'timing'
+    timing.write_text('127 events race the return\n')
+    monkeypatch.setattr(run_tests, 'TIMING', str(timing))
+    runs = []
+
+    def run_iotests(args, env=None, reasons=None, printed=None):
+        runs.append(args)
+        return {args[-1]: 'pass' if len(runs) == 2 else 'fail'}
+
+    monkeypatch.setattr(run_tests, 'run_iotests', run_iotests)
+    tally = run_tests.Tally()
+    results = {'127': 'fail', '040': 'fail'}
+    run_tests.rerun_timing_dependent(tally, 'up', results, [], None,
+                                     {'127': ['-x', '+y'], '040': ['-z']})
+    # only the listed test runs again; its second re-run passes
+    assert runs == [['127'], ['127']]
+    assert results == {'127': 'pass', '040': 'fail'}
+    assert tally.printed == {'up: 127 (passed on re-run)': ['-x', '+y']}
