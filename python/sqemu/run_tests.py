@@ -55,6 +55,9 @@ STAGES = ('python', 'unit', 'sqemu-iotests', 'iotests', 'iotests-bi')
 #   "tests/sqemu-chain  pass       [00:01:02] [00:01:09]   7.1s"
 #   "307                not run    [00:01:02] [00:01:02]   ...   not suitable"
 RESULT_RE = re.compile(r'^(\S+)\s+(pass|fail|not run)\b')
+# The line the runner prints when a test starts (the result rewrites it
+# after a carriage return, which universal newlines read as a line break)
+START_RE = re.compile(r'^\S+\s+\.\.\.\s+\[')
 # The reason at the end of a "not run" line, after the time columns
 NOTRUN_REASON_RE = re.compile(r'\.\.\.\s+(\S.*?)\s*$')
 # Reasons for "not run" that only say the test is for other image formats,
@@ -206,8 +209,8 @@ def read_runner_output(lines, out, reasons=None, printed=None):
             if why and reasons is not None:
                 reasons[test] = why
             failed = test if status == 'fail' else None
-        elif line.startswith('Failures: '):
-            # the runner's closing lines
+        elif line.startswith('Failures: ') or START_RE.match(line):
+            # the runner's closing lines, or the next test
             failed = None
         elif failed and printed is not None:
             printed.setdefault(failed, []).append(line.rstrip('\n'))

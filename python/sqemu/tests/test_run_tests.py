@@ -70,6 +70,7 @@ def test_read_runner_output():
              '001  pass  [00:00:01] [00:00:02]  1s\n',
              '002  fail  [00:00:02] [00:00:03]  1s  output mismatch\n',
              '--- 002.out\n', '+++ 002.out.bad\n', '-a\n', '+b\n',
+             '003  ...  [00:00:03]  ...\n',
              '003  not run  [00:00:03] [00:00:03]  ...  needs root\n',
              '004  fail  [00:00:03] [00:00:04]  1s\n', '+c\n',
              'Failures: 002 004\n', 'Failed 2 of 4 iotests\n']
