@@ -366,8 +366,10 @@ def seq_reads(args, builds, tops):
                                      args.size))
     result = {layers: {} for layers in tops}
     for (layers, build), results in runs.items():
-        if results[0].get('error'):
-            result[layers][build] = {'error': results[0]['error']}
+        failed = [r for r in results if r.get('error')]
+        if failed:
+            # a round that failed fails the measurement (it says why)
+            result[layers][build] = {'error': failed[0]['error']}
             continue
         times = [r['seq_time_s'] for r in results]
         results.sort(key=lambda r: r['seq_time_s'])
@@ -393,7 +395,7 @@ def rand_reads(args, builds, tops, workdir):
                 done = runs[(layers, build)]
                 if (layers, build) in slow or any(r.get('error')
                                                   for r in done):
-                    continue
+                    continue            # not repeated
                 progress('N=%d %s: rand read (fio %d s, QD%d) %d/%d...' %
                          (layers, build, args.runtime, args.rand_iodepth,
                           i + 1, args.rand_repeat))
@@ -412,9 +414,10 @@ def rand_reads(args, builds, tops, workdir):
 
 def median_rand(results):
     """The median of random-read @results (by IOPS) with every run's IOPS,
-    or the first error"""
-    if results[0].get('error'):
-        return {'error': results[0]['error']}
+    or the first error of any run"""
+    failed = [r for r in results if r.get('error')]
+    if failed:
+        return {'error': failed[0]['error']}
     every = [r['rand_iops'] for r in results]
     ranked = sorted(results, key=lambda r: r['rand_iops'])
     return dict(ranked[len(ranked) // 2], rand_iops_all=every)

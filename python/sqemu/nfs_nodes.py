@@ -32,9 +32,9 @@
 #     once), losses, reordering, jitter, MTU-sized packets (a chunk is what
 #     one recv() returned, up to 256 KiB), UDP (rpcbind over UDP reaches
 #     the proxy's address unforwarded: libnfs uses TCP), and the proxy
-#     itself adds some microseconds per chunk and direction (one Python
-#     thread: an epoll loop with a timerfd); the node's own address stays
-#     reachable without the proxy (direct_address), for comparisons.
+#     itself adds some tens of microseconds per chunk and direction (one
+#     Python thread: an epoll loop with a timerfd); the node's own address
+#     stays reachable without the proxy (direct_address), for comparisons.
 #
 # Nodes get addresses in 10.237.X.0/24, X unused on the host (addresses
 # and routes), taken under a lock so that concurrent runs do not collide:
@@ -51,6 +51,7 @@
 import argparse
 import collections
 import ctypes
+import errno
 import glob
 import heapq
 import ipaddress
@@ -396,6 +397,7 @@ class Connection:
         self.sockets = (client, upstream)
         self.directions = (Direction(self, client, upstream, links[0]),
                            Direction(self, upstream, client, links[1]))
+        self.connected = False      # the connect to the node has completed
         self.closed = False
 
 
@@ -414,7 +416,10 @@ class Proxy:
         self.epoll.register(self.timer.fd, select.EPOLLIN)
         self.listeners = {}         # fd -> (listener, target, port)
         self.sockets = {}           # fd -> (socket, Connection)
-        self.masks = {}             # fd -> registered event mask
+        # fd -> registered event mask; 0: not registered, because epoll
+        # reports a hangup whatever the mask, and a socket that has ended
+        # both ways would wake the loop for ever
+        self.masks = {}
         self.due = []               # heap of (due, sequence, Direction)
         self.sequence = 0
 
@@ -429,10 +434,13 @@ class Proxy:
             client, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        try:
-            # the node is a veth away: a connect completes or fails at once
-            upstream = socket.create_connection((target, port), timeout=10)
-        except OSError:
+        # the connect to the node completes in the loop (EPOLLOUT), so
+        # that a node slow to answer holds up no other connection
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        err = upstream.connect_ex((target, port))
+        if err not in (0, errno.EINPROGRESS):
+            upstream.close()
             client.close()
             return
         conn = Connection(client, upstream, self.links)
@@ -441,8 +449,35 @@ class Proxy:
             # RPCs are small: Nagle's algorithm would add its own delay
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sockets[sock.fileno()] = (sock, conn)
-            self.masks[sock.fileno()] = select.EPOLLIN
-            self.epoll.register(sock.fileno(), select.EPOLLIN)
+            self.masks[sock.fileno()] = 0
+        self.set_mask(client, select.EPOLLIN)
+        self.set_mask(upstream, select.EPOLLOUT)
+
+    def set_mask(self, sock, mask):
+        fd = sock.fileno()
+        old = self.masks[fd]
+        if mask == old:
+            return
+        if not old:
+            self.epoll.register(fd, mask)
+        elif not mask:
+            self.epoll.unregister(fd)
+        else:
+            self.epoll.modify(fd, mask)
+        self.masks[fd] = mask
+
+    def connected(self, sock, conn):
+        """The connect of @conn's @sock to the node has completed"""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.abort(conn)
+            return
+        conn.connected = True
+        for d in conn.directions:
+            self.flush(d)
+        if not conn.closed:
+            for s in conn.sockets:
+                self.update(s)
 
     def update(self, sock):
         """Register for @sock what its directions wait for: reading while
@@ -452,15 +487,15 @@ class Proxy:
         if fd not in self.masks:
             return
         _, conn = self.sockets[fd]
+        if not conn.connected and sock is conn.sockets[1]:
+            return                  # waits for its connect (EPOLLOUT)
         mask = 0
         for d in conn.directions:
             if d.src is sock and not d.eof and d.queued < QUEUE_BYTES:
                 mask |= select.EPOLLIN
             if d.dst is sock and d.out:
                 mask |= select.EPOLLOUT
-        if mask != self.masks[fd]:
-            self.epoll.modify(fd, mask)
-            self.masks[fd] = mask
+        self.set_mask(sock, mask)
 
     def abort(self, conn):
         if conn.closed:
@@ -468,12 +503,9 @@ class Proxy:
         conn.closed = True
         for sock in conn.sockets:
             fd = sock.fileno()
-            self.masks.pop(fd, None)
-            self.sockets.pop(fd, None)
-            try:
+            if self.masks.pop(fd, 0):
                 self.epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
+            self.sockets.pop(fd, None)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -520,7 +552,7 @@ class Proxy:
     def flush(self, d):
         """Send what @d has due; shut @d.dst for writes after an EOF"""
         conn = d.conn
-        if conn.closed:
+        if conn.closed or not conn.connected:
             return
         if d.out:
             try:
@@ -560,6 +592,9 @@ class Proxy:
                     self.accept(fd)
                 elif fd in self.sockets:
                     sock, conn = self.sockets[fd]
+                    if not conn.connected and sock is conn.sockets[1]:
+                        self.connected(sock, conn)
+                        continue
                     if events & (select.EPOLLIN | select.EPOLLHUP |
                                  select.EPOLLERR):
                         self.read(sock, conn)

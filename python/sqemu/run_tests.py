@@ -58,6 +58,9 @@ RESULT_RE = re.compile(r'^(\S+)\s+(pass|fail|not run)\b')
 # The line the runner prints when a test starts (the result rewrites it
 # after a carriage return, which universal newlines read as a line break)
 START_RE = re.compile(r'^\S+\s+\.\.\.\s+\[')
+# The runner's closing lines (testrunner.py prints them in this order)
+CLOSING = ('Not run: ', 'Some cases not run in: ', 'Failures: ',
+           'Failed ', 'Passed all ')
 # The reason at the end of a "not run" line, after the time columns
 NOTRUN_REASON_RE = re.compile(r'\.\.\.\s+(\S.*?)\s*$')
 # Reasons for "not run" that only say the test is for other image formats,
@@ -209,7 +212,7 @@ def read_runner_output(lines, out, reasons=None, printed=None):
             if why and reasons is not None:
                 reasons[test] = why
             failed = test if status == 'fail' else None
-        elif line.startswith('Failures: ') or START_RE.match(line):
+        elif line.startswith(CLOSING) or START_RE.match(line):
             # the runner's closing lines, or the next test
             failed = None
         elif failed and printed is not None:

@@ -161,3 +161,12 @@ def test_rand_repeat(monkeypatch, capsys):
     assert 'rand, ours N=1000 / ours N=1, worst of 3 rounds' in text
     assert '0.900  (target >= 0.950: NOT met)' in text
     assert '0.900 0.900 0.950' in text
+
+
+def test_median_rand():
+    assert bench.median_rand([{'rand_iops': 3}, {'rand_iops': 1},
+                              {'rand_iops': 2}]) == \
+        {'rand_iops': 2, 'rand_iops_all': [3, 1, 2]}
+    # a later round's failure fails the measurement
+    assert bench.median_rand([{'rand_iops': 3}, {'error': 'rand read: x'}]) \
+        == {'error': 'rand read: x'}

@@ -248,6 +248,19 @@ def echo_server():
     return server.getsockname()[1]
 
 
+class CountingProxy(nfs_nodes.Proxy):
+    """A proxy that counts its reads and the most bytes a direction held"""
+
+    reads = 0
+    most_queued = 0
+
+    def read(self, sock, conn):
+        self.reads += 1
+        super().read(sock, conn)
+        for d in conn.directions:
+            self.most_queued = max(self.most_queued, d.queued)
+
+
 def proxy(port, latency_ms, rate=None):
     """A proxy on 127.0.0.2:@port forwarding to 127.0.0.1:@port"""
     try:
@@ -256,7 +269,7 @@ def proxy(port, latency_ms, rate=None):
         pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
     delay = latency_ms / 2000
     links = (nfs_nodes.Link(delay, rate), nfs_nodes.Link(delay, rate))
-    server = nfs_nodes.Proxy(links)
+    server = CountingProxy(links)
     server.listen(listener, '127.0.0.1', port)
     threading.Thread(target=server.run, daemon=True).start()
     return server
@@ -334,7 +347,7 @@ def wait_until(condition, timeout=10.0):
 
 
 def test_proxy_sub_millisecond_latency():
-    # the timerfd waits less than the millisecond epoll's timeout would
+    # a delay under a millisecond is applied, not lost to rounding
     port = echo_server()
     proxy(port, 0.5)
     with socket.create_connection(('127.0.0.2', port)) as sock:
@@ -346,7 +359,7 @@ def test_proxy_forwards_in_order_with_backpressure():
     # more than a direction holds (QUEUE_BYTES): reading stops and goes
     # on, every byte arrives once and in order
     port = echo_server()
-    proxy(port, 2)
+    server = proxy(port, 2)
     size = 3 * nfs_nodes.QUEUE_BYTES
     data = bytes(random.Random(1).getrandbits(8) for _ in range(65536))
     data = (data * (size // len(data) + 1))[:size]
@@ -360,6 +373,8 @@ def test_proxy_forwards_in_order_with_backpressure():
             got += chunk
         sender.join()
     assert bytes(got) == data
+    # reading stopped at the limit: at most one chunk more
+    assert server.most_queued <= nfs_nodes.QUEUE_BYTES + nfs_nodes.CHUNK
 
 
 def test_proxy_closes_what_ends():
@@ -396,3 +411,46 @@ def test_timer():
     finally:
         epoll.close()
         timer.close()
+
+
+def test_proxy_idle_after_both_ends_close():
+    # the node ends its side at once; the client's last bytes and its end
+    # are still on the link: the proxy waits for them without spinning on
+    # the client's socket, which has ended both ways
+    server_sock = socket.create_server(('127.0.0.1', 0))
+    port = server_sock.getsockname()[1]
+    received = []
+
+    def node():
+        conn, _ = server_sock.accept()
+        with conn:
+            conn.shutdown(socket.SHUT_WR)
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                received.append(data)
+
+    threading.Thread(target=node, daemon=True).start()
+    server = proxy(port, 200)
+    with socket.create_connection(('127.0.0.2', port)) as sock:
+        assert sock.recv(100) == b''        # the node's end, 0.1 s later
+        sock.sendall(b'z' * 1000)
+        sock.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: not server.sockets)
+    assert b''.join(received) == b'z' * 1000
+    # two ends and a chunk read; a spin would read thousands of times
+    assert server.reads < 20
+
+
+def test_proxy_node_refuses():
+    # nothing listens on the node's port: the client's connection ends
+    with socket.create_server(('127.0.0.1', 0)) as unused:
+        port = unused.getsockname()[1]
+    server = proxy(port, 1)
+    with socket.create_connection(('127.0.0.2', port)) as sock:
+        try:
+            assert sock.recv(100) == b''
+        except ConnectionResetError:
+            pass
+    assert wait_until(lambda: not server.sockets)

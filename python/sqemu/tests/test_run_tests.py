@@ -73,6 +73,7 @@ def test_read_runner_output():
              '003  ...  [00:00:03]  ...\n',
              '003  not run  [00:00:03] [00:00:03]  ...  needs root\n',
              '004  fail  [00:00:03] [00:00:04]  1s\n', '+c\n',
+             'Not run: 003\n', 'Some cases not run in: /x/002\n',
              'Failures: 002 004\n', 'Failed 2 of 4 iotests\n']
     copy = io.StringIO()
     reasons, printed = {}, {}
