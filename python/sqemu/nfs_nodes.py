@@ -33,8 +33,11 @@
 #     one recv() returned, up to 256 KiB), UDP (rpcbind over UDP reaches
 #     the proxy's address unforwarded: libnfs uses TCP), and the proxy
 #     itself adds some tens of microseconds per chunk and direction (one
-#     Python thread: an epoll loop with a timerfd); the node's own address
-#     stays reachable without the proxy (direct_address), for comparisons.
+#     Python process for all the nodes, one thread: an epoll loop with a
+#     timerfd; it runs in node 0's proxy namespace and makes the other
+#     nodes' sockets in theirs, setns() around socket()); the node's own
+#     address stays reachable without the proxy (direct_address), for
+#     comparisons.
 #
 # Nodes get addresses in 10.237.X.0/24, X unused on the host (addresses
 # and routes), taken under a lock so that concurrent runs do not collide:
@@ -357,6 +360,47 @@ class Timer:
         os.close(self.fd)
 
 
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = '/run/netns'
+
+
+def set_net_namespace(fd, name):
+    if proc.LIBC.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'setns to %s: %s' % (name, os.strerror(err)))
+
+
+class NetNamespace:
+    """A network namespace (named as by `ip netns`) whose sockets a
+    process in another makes: a socket belongs for its whole life to the
+    namespace its thread was in when it was made, so make() enters the
+    namespace around it and comes back (which needs CAP_SYS_ADMIN)"""
+
+    def __init__(self, name):
+        self.name = name
+        self.fd = os.open(os.path.join(NETNS_DIR, name),
+                          os.O_RDONLY | os.O_CLOEXEC)
+        self.home = os.open('/proc/thread-self/ns/net',
+                            os.O_RDONLY | os.O_CLOEXEC)
+
+    def make(self, factory, *args, **kwargs):
+        """factory(*args, **kwargs) run in the namespace"""
+        set_net_namespace(self.fd, self.name)
+        try:
+            return factory(*args, **kwargs)
+        finally:
+            # staying in the wrong namespace would connect the next node's
+            # clients elsewhere: an error here ends the proxy
+            set_net_namespace(self.home, 'our own namespace')
+
+    def socket(self, *args):
+        return self.make(socket.socket, *args)
+
+    def close(self):
+        os.close(self.fd)
+        os.close(self.home)
+
+
 class Link:
     """One direction of a node's network link, shared by all its
     connections: the time at which a chunk read at some moment arrives at
@@ -408,13 +452,13 @@ class Proxy:
     over through a queue: on a 2-CPU machine the proxies then took CPU
     from what they carry traffic for."""
 
-    def __init__(self, links, overshoot=0.0):
-        self.links = links
+    def __init__(self, overshoot=0.0):
         self.overshoot = overshoot  # how late the timer wakes us, taken off
         self.epoll = select.epoll()
         self.timer = Timer()
         self.epoll.register(self.timer.fd, select.EPOLLIN)
-        self.listeners = {}         # fd -> (listener, target, port)
+        # fd -> (listener, target, port, links, namespace)
+        self.listeners = {}
         self.sockets = {}           # fd -> (socket, Connection)
         # fd -> registered event mask; 0: not registered, because epoll
         # reports a hangup whatever the mask, and a socket that has ended
@@ -423,27 +467,35 @@ class Proxy:
         self.due = []               # heap of (due, sequence, Direction)
         self.sequence = 0
 
-    def listen(self, listener, target, port):
+    def listen(self, listener, target, port, links, namespace=None):
+        """Forward what connects to @listener to @target:@port over
+        @links (a Link each way, shared by the connections of every
+        listener given the same); the connections to @target are made in
+        @namespace (a NetNamespace) if given, else in ours"""
         listener.setblocking(False)
-        self.listeners[listener.fileno()] = (listener, target, port)
+        self.listeners[listener.fileno()] = (listener, target, port, links,
+                                             namespace)
         self.epoll.register(listener.fileno(), select.EPOLLIN)
 
     def accept(self, fd):
-        listener, target, port = self.listeners[fd]
+        listener, target, port, links, namespace = self.listeners[fd]
         try:
             client, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         # the connect to the node completes in the loop (EPOLLOUT), so
         # that a node slow to answer holds up no other connection
-        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if namespace:
+            upstream = namespace.socket(socket.AF_INET, socket.SOCK_STREAM)
+        else:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
         err = upstream.connect_ex((target, port))
         if err not in (0, errno.EINPROGRESS):
             upstream.close()
             client.close()
             return
-        conn = Connection(client, upstream, self.links)
+        conn = Connection(client, upstream, links)
         for sock in conn.sockets:
             sock.setblocking(False)
             # RPCs are small: Nagle's algorithm would add its own delay
@@ -624,9 +676,19 @@ def timer_overshoot(samples=50, pause=0.0002):
     return max(0.0, sorted(late)[samples // 2])
 
 
+def parse_route(text):
+    """NAMESPACE,LISTEN,CONNECT (NAMESPACE may be empty: ours)"""
+    parts = text.split(',')
+    if len(parts) != 3 or not all(parts[1:]):
+        raise argparse.ArgumentTypeError(
+            'a route is NAMESPACE,LISTEN,CONNECT, not %r' % text)
+    return parts
+
+
 def cmd_proxy(args):
-    """Forward @args.ports of @args.listen to @args.connect until killed;
-    prints 'listening' once every port is bound"""
+    """Forward @args.ports of each route's LISTEN address to its CONNECT
+    address until killed, over a link of the route's own; prints
+    'listening' once every port is bound"""
     # Stop with whoever started us, even if it is SIGKILLed
     proc.LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if args.parent and os.getppid() != args.parent:
@@ -638,11 +700,16 @@ def cmd_proxy(args):
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
     delay = args.latency / 2000
-    links = (Link(delay, args.bandwidth), Link(delay, args.bandwidth))
-    proxy = Proxy(links, timer_overshoot() if delay else 0.0)
-    for port in args.ports:
-        proxy.listen(socket.create_server((args.listen, port), backlog=128),
-                     args.connect, port)
+    proxy = Proxy(timer_overshoot() if delay else 0.0)
+    for name, listen, connect in args.routes:
+        namespace = NetNamespace(name) if name else None
+        links = (Link(delay, args.bandwidth), Link(delay, args.bandwidth))
+        for port in args.ports:
+            address = (listen, port)
+            listener = (namespace.make(socket.create_server, address,
+                                       backlog=128) if namespace
+                        else socket.create_server(address, backlog=128))
+            proxy.listen(listener, connect, port, links, namespace)
     print('listening', flush=True)
     proxy.run()
     return 0
@@ -764,7 +831,7 @@ class Node:
         self.address = (self.addresses['proxy'] if proxied
                         else self.direct_address)
         self.state = state
-        self.rpcbind = self.ganesha = self.proxy = None
+        self.rpcbind = self.ganesha = None
 
     def url(self, relative=''):
         return url(self.address, self.export, relative)
@@ -801,6 +868,7 @@ class Nodes:
         self.nodes = []
         self.made = []          # namespaces and links made, to remove
         self.state = None
+        self.proxy = None       # the proxy's process, if proxied
         self.pid = os.getpid()
 
     def __enter__(self):
@@ -856,6 +924,7 @@ class Nodes:
             self.make_network()
             for node in self.nodes:
                 self.start_node(node)
+            self.start_proxy()
         except BaseException:
             self.stop()
             raise
@@ -939,20 +1008,33 @@ class Nodes:
             f.write(ganesha_config(node.directory, node.export,
                                    node.path('recovery')))
         self.start_ganesha(node)
-        if not node.proxy_namespace:
+
+    def start_proxy(self):
+        """One proxy process for all the nodes, a link each: one epoll
+        loop wakes once for what several nodes send at a time, where a
+        process per node woke once per node (on 2 CPUs, random reads over
+        two nodes then paid some 10 us more per read in the proxies than
+        over one).  It runs in node 0's proxy namespace, where cleanup
+        finds it, and makes the other nodes' sockets in theirs."""
+        if not self.proxied:
             return
-        cmd = ['ip', 'netns', 'exec', node.proxy_namespace,
+        cmd = ['ip', 'netns', 'exec', self.nodes[0].proxy_namespace,
                paths.script('nfs-nodes'), 'proxy',
                '--parent', str(os.getpid()),
-               '--listen', node.address,
-               '--connect', node.addresses['node_link'],
                '--ports', ','.join(str(p) for p in PORTS),
                '--latency', str(self.latency_ms or 0)]
+        for node in self.nodes:
+            cmd += ['--route', '%s,%s,%s' % (node.proxy_namespace,
+                                             node.address,
+                                             node.addresses['node_link'])]
         if self.bandwidth:
             cmd += ['--bandwidth-bytes', str(self.bandwidth)]
-        node.proxy = self.spawn(cmd, node.path('proxy.log'))
-        self.wait_registered(node, node.address, 'the proxy', node.proxy,
-                             (node.path('proxy.log'),))
+        log = os.path.join(self.state, 'proxy.log')
+        self.log('starting the proxy')
+        self.proxy = self.spawn(cmd, log)
+        for node in self.nodes:
+            self.wait_registered(node, node.address, 'the proxy',
+                                 self.proxy, (log,))
 
     def start_ganesha(self, node):
         # --root and --wd: entering a mount namespace resets the root and
@@ -1048,13 +1130,16 @@ class Nodes:
             for name, process, logs in (
                     ('rpcbind', node.rpcbind, ('rpcbind.log',)),
                     ('ganesha.nfsd', node.ganesha,
-                     ('ganesha.out', 'ganesha.log')),
-                    ('the proxy', node.proxy, ('proxy.log',))):
+                     ('ganesha.out', 'ganesha.log'))):
                 if process and process.poll() is not None:
                     lines.append('%s for node %d exited (%s): %s' % (
                         name, node.index,
                         util.describe_status(process.returncode),
                         read_tail(*map(node.path, logs))))
+        if self.proxy and self.proxy.poll() is not None:
+            lines.append('the proxy exited (%s): %s' % (
+                util.describe_status(self.proxy.returncode),
+                read_tail(os.path.join(self.state, 'proxy.log'))))
         return lines
 
     def stop(self):
@@ -1064,8 +1149,10 @@ class Nodes:
         signums = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
         try:
+            stop_process(self.proxy)
+            self.proxy = None
             for node in reversed(self.nodes):
-                for process in (node.proxy, node.ganesha, node.rpcbind):
+                for process in (node.ganesha, node.rpcbind):
                     stop_process(process)
             for name in reversed(self.made):
                 kill_namespace(name)
@@ -1238,11 +1325,14 @@ def main():
         description='Remove the namespaces (and what runs in them), veths '
                     'and state directories of runs whose process is gone.')
     proxy = sub.add_parser(
-        'proxy', help='(internal) the latency proxy of one node',
-        description='Forward TCP PORTS of LISTEN to the same ports of '
-                    'CONNECT, delaying and rate-limiting (see nfs_nodes.py).')
-    proxy.add_argument('--listen', required=True)
-    proxy.add_argument('--connect', required=True)
+        'proxy', help='(internal) the latency proxy of the nodes',
+        description='For each route, forward TCP PORTS of LISTEN to the '
+                    'same ports of CONNECT, both in network namespace '
+                    'NAMESPACE (empty: ours), delaying and rate-limiting '
+                    'over a link per route (see nfs_nodes.py).')
+    proxy.add_argument('--route', dest='routes', action='append',
+                       required=True, type=parse_route,
+                       metavar='NAMESPACE,LISTEN,CONNECT')
     proxy.add_argument('--ports', required=True,
                        type=lambda s: [int(p) for p in s.split(',')])
     proxy.add_argument('--latency', type=parse_latency, default=0,

@@ -6,10 +6,12 @@
 
 import argparse
 import ipaddress
+import os
 import random
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -269,8 +271,8 @@ def proxy(port, latency_ms, rate=None):
         pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
     delay = latency_ms / 2000
     links = (nfs_nodes.Link(delay, rate), nfs_nodes.Link(delay, rate))
-    server = CountingProxy(links)
-    server.listen(listener, '127.0.0.1', port)
+    server = CountingProxy()
+    server.listen(listener, '127.0.0.1', port, links)
     threading.Thread(target=server.run, daemon=True).start()
     return server
 
@@ -454,3 +456,62 @@ def test_proxy_node_refuses():
         except ConnectionResetError:
             pass
     assert wait_until(lambda: not server.sockets)
+
+
+def test_net_namespace_makes_sockets_there_and_comes_back():
+    if os.geteuid() != 0 or not nfs_nodes.which('ip'):
+        pytest.skip('needs root and ip(8) to make a network namespace')
+    name = 'sqemu-test-netns-%d' % os.getpid()
+    res = subprocess.run(['ip', 'netns', 'add', name],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        pytest.skip('cannot make a network namespace: %s' % res.stdout)
+    try:
+        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'],
+                       check=True)
+        home = os.readlink('/proc/thread-self/ns/net')
+        ns = nfs_nodes.NetNamespace(name)
+        try:
+            server = ns.make(socket.create_server, ('127.0.0.1', 0))
+            port = server.getsockname()[1]
+            assert os.readlink('/proc/thread-self/ns/net') == home
+            # our loopback has nothing on that port; the namespace's has
+            with socket.socket() as sock:
+                assert sock.connect_ex(('127.0.0.1', port)) != 0
+            with ns.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                assert sock.connect_ex(('127.0.0.1', port)) == 0
+            assert os.readlink('/proc/thread-self/ns/net') == home
+            server.close()
+        finally:
+            ns.close()
+    finally:
+        subprocess.run(['ip', 'netns', 'delete', name])
+
+
+def test_proxy_routes_have_links_of_their_own():
+    # each listener's connections go over the links it was given: a
+    # node's bandwidth is shared by its connections, not by the nodes
+    ports = [echo_server(), echo_server()]
+    server = CountingProxy()
+    given = []
+    for port in ports:
+        try:
+            listener = socket.create_server(('127.0.0.2', port))
+        except OSError as e:
+            pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
+        links = (nfs_nodes.Link(0.001), nfs_nodes.Link(0.001))
+        given.append(links)
+        server.listen(listener, '127.0.0.1', port, links)
+    threading.Thread(target=server.run, daemon=True).start()
+    socks = [socket.create_connection(('127.0.0.2', p)) for p in ports]
+    try:
+        for sock in socks:
+            assert round_trip(sock, 1000) > 0
+        used = {}
+        for _, conn in list(server.sockets.values()):
+            port = conn.sockets[1].getpeername()[1]
+            used[port] = tuple(d.link for d in conn.directions)
+        assert used == {ports[0]: given[0], ports[1]: given[1]}
+    finally:
+        for sock in socks:
+            sock.close()
