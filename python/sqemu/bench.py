@@ -11,7 +11,10 @@
 #     minutes apart at most;
 #   - with --rand-repeat K > 1, random 4 KiB reads (below) the same way:
 #     K rounds, each a fresh daemon per chain and build, the median run
-#     reported and every round's IOPS kept;
+#     reported and every round's IOPS kept; with --rand-paired each
+#     round starts every chain's and build's daemon at once and fio reads
+#     from each in turn, 1 s at a time, so that a round's ratios compare
+#     the same stretch of time;
 # and, chain by chain, each build in turn, stock first:
 #   - random 4 KiB reads, QD16 (--rand-iodepth), through
 #     qemu-storage-daemon's NBD export
@@ -31,6 +34,7 @@
 # run goes on.  Bytes read are not measured over NFS (no block device).
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import mmap
@@ -302,16 +306,22 @@ def daemon_command(tools, cmd):
     return cmd
 
 
+def rand_daemon(tools, top, rundir):
+    """A qemu-storage-daemon of @tools exporting @top read-only over NBD,
+    a context manager that starts it"""
+    blockdev = {'driver': 'qcow2', 'node-name': 'disk',
+                'read-only': True, 'file': protocol_node(top)}
+    # proc.Process: the daemon's own peak RSS
+    return Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
+                  BenchError,
+                  launch=lambda cmd, log: Process(
+                      daemon_command(tools, cmd), log))
+
+
 def rand_read(tools, top, runtime, iodepth, workdir):
     rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
     try:
-        blockdev = {'driver': 'qcow2', 'node-name': 'disk',
-                    'read-only': True, 'file': protocol_node(top)}
-        # proc.Process: the daemon's own peak RSS
-        with Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
-                    BenchError,
-                    launch=lambda cmd, log: Process(
-                        daemon_command(tools, cmd), log)) as daemon:
+        with rand_daemon(tools, top, rundir) as daemon:
             iops = run_fio(daemon.nbd, runtime, iodepth)
             daemon.stop(DAEMON_STOP_TIMEOUT)
             rss = daemon.proc.maxrss
@@ -390,6 +400,19 @@ def rand_reads(args, builds, tops, workdir):
     runs = {(layers, build): [] for layers in tops for build in BUILDS}
     slow = set()
     for i in range(args.rand_repeat):
+        if args.rand_paired:
+            keys = [key for key in runs if key not in slow and
+                    not any(r.get('error') for r in runs[key])]
+            progress('rand read round %d/%d: %d daemons side by side, fio '
+                     '1 s at a time, %d s each, QD%d...' %
+                     (i + 1, args.rand_repeat, len(keys), args.runtime,
+                      args.rand_iodepth))
+            results, started_slowly = rand_round_paired(args, builds, tops,
+                                                        workdir, keys)
+            for key, result in results.items():
+                runs[key].append(result)
+            slow |= started_slowly
+            continue
         for layers, top in tops.items():
             for build in BUILDS:
                 done = runs[(layers, build)]
@@ -410,6 +433,53 @@ def rand_reads(args, builds, tops, workdir):
     for (layers, build), results in runs.items():
         result[layers][build] = median_rand(results)
     return result
+
+
+def rand_round_paired(args, builds, tops, workdir, keys):
+    """One round of random reads of the chains @keys ((length, build)
+    pairs) side by side: a fresh daemon each, all running, and fio
+    reading from each in turn for 1 s, --runtime times.  A change of the
+    machine's speed during the round then weighs on every chain alike,
+    where whole runs one after the other take it as a difference.  Per
+    key {'rand_iops': the mean of its slices, 'rand_slices': [...],
+    'qsd_rss_kib': ...} or {'error': ...}; and the keys whose daemon
+    took longer than SLOW_RAND_S to start (not worth repeating)."""
+    results, daemons, slow = {}, {}, set()
+    with contextlib.ExitStack() as stack:
+        for key in keys:
+            layers, build = key
+            rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
+            stack.callback(shutil.rmtree, rundir, ignore_errors=True)
+            start = time.monotonic()
+            started = tolerant(args, 'rand read', lambda: {
+                'daemon': stack.enter_context(rand_daemon(
+                    builds[build]['binaries'], tops[layers], rundir))})
+            # as slow as a solo run that rand_reads() would not repeat
+            if time.monotonic() - start + args.runtime > SLOW_RAND_S:
+                slow.add(key)
+            if 'error' in started:
+                results[key] = started
+            else:
+                daemons[key] = started['daemon']
+        slices = {key: [] for key in daemons}
+        for i in range(args.runtime):
+            for key, daemon in daemons.items():
+                if key in results:
+                    continue        # failed in an earlier slice
+                got = tolerant(args, 'rand read', lambda: {
+                    'iops': run_fio(daemon.nbd, 1, args.rand_iodepth)})
+                if 'error' in got:
+                    results[key] = got
+                else:
+                    slices[key].append(got['iops'])
+        for key, daemon in daemons.items():
+            if key in results:
+                continue
+            daemon.stop(DAEMON_STOP_TIMEOUT)
+            results[key] = {'rand_iops': statistics.mean(slices[key]),
+                            'rand_slices': slices[key],
+                            'qsd_rss_kib': daemon.proc.maxrss}
+    return results, slow
 
 
 def median_rand(results):
@@ -661,9 +731,10 @@ def format_targets(rows):
     i_lo, i_hi = o_lo.get('rand_iops_all'), o_hi.get('rand_iops_all')
     if i_lo and i_hi and len(i_lo) == len(i_hi) and len(i_lo) > 1:
         rounds = [a / b for a, b in zip(i_hi, i_lo)]
-        lines.append(check('rand, ours N=%d / ours N=%d, worst of %d rounds'
-                           % (hi, lo, len(rounds)), min(rounds), '>=',
-                           0.95))
+        lines.append(check('rand, ours N=%d / ours N=%d, worst of %d rounds%s'
+                           % (hi, lo, len(rounds),
+                              ' (paired)' if 'rand_slices' in o_hi else ''),
+                           min(rounds), '>=', 0.95))
         lines.append('  %-58s %s' % ('rand, ours N=%d / ours N=%d, each round'
                                      % (hi, lo),
                                      ' '.join('%.3f' % r for r in rounds)))
@@ -715,6 +786,7 @@ def parameters(args):
             'seq_block': SEQ_BLOCK, 'seq_queue_depth': 1,
             'rand_block': RAND_BLOCK, 'rand_iodepth': args.rand_iodepth,
             'seq_repeat': args.repeat, 'rand_repeat': args.rand_repeat,
+            'rand_paired': args.rand_paired,
             'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
             'chain_options': args.chain_options, 'quick': args.quick,
             'nfs_nodes': args.nfs_nodes, 'nfs_latency': args.nfs_latency,
@@ -823,6 +895,12 @@ def parse_args():
                              'turn, each with a fresh daemon; the median is '
                              'reported, and each round\'s ratio (default 1: '
                              'one read, chain by chain)')
+    parser.add_argument('--rand-paired', action='store_true',
+                        help='with --rand-repeat: in each round, start '
+                             'every length\'s and build\'s daemon at once '
+                             'and let fio read from each in turn for 1 s, '
+                             'RUNTIME times, so that each round compares '
+                             'them over the same stretch of time')
     parser.add_argument('--chain-options', default='', metavar='OPTS',
                         help='qcow2 creation options for the chain (mkchain '
                              '-o) and, if ours has the sQemu extension, for '
@@ -878,6 +956,8 @@ def parse_args():
         parser.error('--rand-iodepth must be at least 1')
     if args.rand_repeat < 1:
         parser.error('--rand-repeat must be at least 1')
+    if args.rand_paired and args.rand_repeat < 2:
+        parser.error('--rand-paired needs --rand-repeat 2 or more')
     if args.runtime < 1:
         parser.error('--runtime must be at least 1')
     if args.repeat < 1:

@@ -163,6 +163,74 @@ def test_rand_repeat(monkeypatch, capsys):
     assert '0.900 0.900 0.950' in text
 
 
+def test_rand_paired(monkeypatch, capsys):
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--rand-paired'])
+    with pytest.raises(SystemExit):
+        bench.parse_args()
+    assert '--rand-paired needs --rand-repeat 2' in capsys.readouterr().err
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--rand-repeat',
+                                     '2', '--rand-paired', '--runtime', '3'])
+    args = bench.parse_args()
+    assert bench.parameters(args)['rand_paired'] is True
+
+    # every chain's daemon runs while fio goes round them 1 s at a time;
+    # a daemon that cannot start is not tried again; each round's result
+    # is the mean of its slices
+    events = []
+    slice_iops = {(1, 'stock'): 100, (1, 'ours'): 90, (1000, 'ours'): 80}
+
+    class FakeDaemon:
+        def __init__(self, key):
+            self.key, self.nbd = key, key
+            self.proc = type('P', (), {'maxrss': 1000 * key[0]})()
+
+        def __enter__(self):
+            if self.key == (1000, 'stock'):
+                raise bench.BenchError('cannot open')
+            events.append(('start', self.key))
+            return self
+
+        def __exit__(self, *exc):
+            events.append(('exit', self.key))
+
+        def stop(self, timeout):
+            events.append(('stop', self.key))
+
+    def fake_fio(sock, runtime, iodepth):
+        assert runtime == 1
+        events.append(('fio', sock))
+        served = sum(e == ('fio', sock) for e in events)
+        return slice_iops[sock] + served        # changes slice by slice
+
+    monkeypatch.setattr(bench, 'rand_daemon', lambda tools, top, rundir:
+                        FakeDaemon((top, tools['build'])))
+    monkeypatch.setattr(bench, 'run_fio', fake_fio)
+    monkeypatch.setattr(bench, 'progress', lambda text: None)
+    monkeypatch.setattr(bench.tempfile, 'mkdtemp', lambda **kw: '/w/none')
+    args.nfs_nodes = 2
+    builds = {b: {'binaries': {'build': b}} for b in bench.BUILDS}
+    result = bench.rand_reads(args, builds, {1: 1, 1000: 1000}, '/w')
+    live = [(1, 'stock'), (1, 'ours'), (1000, 'ours')]
+    round1 = events[:events.index(('exit', live[0])) + 1]
+    assert round1[:3] == [('start', k) for k in live]
+    assert [e for e in round1 if e[0] == 'fio'] == \
+        [('fio', k) for k in live] * 3
+    assert [e for e in events if e == ('fio', (1000, 'stock'))] == []
+    assert len([e for e in events if e[0] == 'start']) == 6
+    # round 1: slices 1, 2, 3 added; round 2: 4, 5, 6
+    assert result[1]['ours']['rand_iops_all'] == [92, 95]
+    assert result[1]['ours']['rand_slices'] in ([91, 92, 93], [94, 95, 96])
+    assert result[1000]['ours']['qsd_rss_kib'] == 1000000
+    assert 'cannot open' in result[1000]['stock']['error']
+    rows = [dict(result[n][b], layers=n, build=b, seq_mbps=100.0,
+                 seq_rss_kib=1000, open_time_s=0.1)
+            for n in (1, 1000) for b in ('stock', 'ours')]
+    rows[2] = {'layers': 1000, 'build': 'stock', 'errors': ['x']}
+    text = bench.format_targets(rows)
+    assert 'worst of 2 rounds (paired)' in text
+    assert '%.3f %.3f' % (82 / 92, 85 / 95) in text
+
+
 def test_median_rand():
     assert bench.median_rand([{'rand_iops': 3}, {'rand_iops': 1},
                               {'rand_iops': 2}]) == \
