@@ -592,32 +592,18 @@ int coroutine_fn qcow2_da_resolve(BlockDriverState *bs, uint64_t offset,
 static int coroutine_fn da_detect_preallocation(BlockDriverState *l)
 {
     BDRVQcow2State *ls = l->opaque;
-    int64_t file_length, real_allocation, real_clusters, threshold;
-    int64_t end, i, count = 0;
+    int64_t end, threshold, i, count = 0;
     void *block;
-    int ret = 0;
+    int ret;
 
-    file_length = bdrv_getlength(l->file->bs);
-    if (file_length < 0) {
-        return file_length;
-    }
-    real_allocation = bdrv_get_allocated_file_size(l->file->bs);
-    if (real_allocation < 0) {
-        return real_allocation;
-    }
-    real_clusters = real_allocation / ls->cluster_size;
-    threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
-    end = size_to_clusters(ls, file_length);
-    if (end < threshold) {
-        /*
-         * Fewer clusters in the file than the threshold: not even all of
-         * them in use would reach it.  A layer whose file is not sparse
-         * is answered here, without reading its refcounts: on a chain
-         * over NFS, two round trips less for each layer a read first
-         * reaches.
-         */
-        trace_qcow2_metadata_preallocation(l, end, threshold, false, 0);
-        return 0;
+    /*
+     * A layer whose file is not sparse is answered without reading its
+     * refcounts: on a chain over NFS, two round trips less for each
+     * layer a read first reaches.
+     */
+    ret = qcow2_metadata_preallocation_bounds(l, &end, &threshold);
+    if (ret <= 0) {
+        return ret;
     }
 
     /* a read-only layer reads its refcount table when first needed */
