@@ -641,6 +641,10 @@ def figure_nfs(args, workdir, report):
                '--size', str(scale['nfs_size']),
                '--repeat', str(scale['nfs_repeat']),
                '--runtime', str(scale['nfs_seconds']),
+               # random reads in rounds whose daemons run side by side:
+               # one run's N=1 can be 25% off the next one's here
+               '--rand-repeat', str(scale['nfs_rand_repeat']),
+               '--rand-paired',
                '--nfs-nodes', str(NFS_NODES),
                '--workdir', os.path.join(workdir, name),
                '--plot', os.path.join(workdir, name + '.png')]
@@ -651,6 +655,7 @@ def figure_nfs(args, workdir, report):
             'latency_ms': latency, 'nodes': NFS_NODES,
             'names': data['parameters'].get('nfs_names'),
             'size': scale['nfs_size'], 'repeat': scale['nfs_repeat'],
+            'rand_repeat': scale['nfs_rand_repeat'],
             'results': data['results']})
 
 

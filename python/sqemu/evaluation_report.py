@@ -510,10 +510,14 @@ def section_nfs(report, plots):
         one, top = nfs_row(run, 'ours', lo), nfs_row(run, 'ours', hi)
         stock = nfs_row(run, 'stock', hi)
         ratio = bench.ratio
+        i_one, i_top = one.get('rand_iops_all'), top.get('rand_iops_all')
+        rounds = (' '.join('%.3f' % (a / b) for a, b in zip(i_top, i_one))
+                  if i_one and i_top and len(i_one) == len(i_top) else None)
         ratios.append((
             nfs_label(run), 'N=%d / N=%d' % (hi, lo),
             fmt(ratio(top.get('seq_mbps'), one.get('seq_mbps')), '.3f'),
             fmt(ratio(top.get('rand_iops'), one.get('rand_iops')), '.3f'),
+            rounds or '-',
             fmt(ratio(top.get('seq_mbps'), stock.get('seq_mbps')), '.1f'),
             fmt(ratio(stock.get('open_time_s'), top.get('open_time_s')),
                 '.1f')))
@@ -528,16 +532,21 @@ def section_nfs(report, plots):
         'and both builds open them by nfs:// URL.  Sequential: qemu-img '
         'bench, the median of %d reads of the %d MiB disk (a read slower '
         'than 60 s is not repeated); random: fio 4 KiB reads at QD16 '
-        'through a qemu-storage-daemon\'s NBD export; open: qemu-io -r -c '
-        'quit.  Ours shares one mount and TCP connection per node (patch '
+        'through a qemu-storage-daemon\'s NBD export%s; open: qemu-io -r '
+        '-c quit.  Ours shares one mount and TCP connection per node (patch '
         '0055); stock 7.2 holds one per layer.  A measurement that failed '
         'is shown with its error.' % (
             first['nodes'], first['nodes'], first.get('names') or
-            'absolute', first['repeat'], first['size'] >> 20), '',
+            'absolute', first['repeat'], first['size'] >> 20,
+            ', the median of %d rounds in each of which every chain\'s '
+            'daemon (fresh) runs side by side with the others and fio reads '
+            'from each in turn, 1 s at a time (bench --rand-paired; each '
+            'round\'s ratio is shown)' % first['rand_repeat']
+            if first.get('rand_repeat', 1) > 1 else ''), '',
         md_table(('NFS', 'N', 'build', 'seq MB/s', 'rand IOPS', 'open ms',
                   'errors'), body), '',
-        md_table(('NFS', 'ours', 'seq', 'rand', 'seq, ours / stock',
-                  'open, stock / ours'), ratios), '']
+        md_table(('NFS', 'ours', 'seq', 'rand', 'rand, each round',
+                  'seq, ours / stock', 'open, stock / ours'), ratios), '']
 
 
 def replay_rounds_note(rounds):

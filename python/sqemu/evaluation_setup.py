@@ -47,7 +47,7 @@ SCALES = {
               'rocksdb_caches': ('default',), 'rocksdb_seconds': 5,
               'live_snapshots': 100,
               'nfs_lengths': (1, 100, 1000), 'nfs_size': 128 << 20,
-              'nfs_repeat': 3, 'nfs_seconds': 4,
+              'nfs_repeat': 3, 'nfs_seconds': 4, 'nfs_rand_repeat': 3,
               'replay_lengths': (1, 100, 500), 'replay_rounds': 3},
     'full': {'dd_size': 1 << 30, 'dd_lengths': (1, 10, 100, 500, 1000),
              'dd_repeat': 3,
@@ -62,7 +62,7 @@ SCALES = {
              'rocksdb_caches': ('default', 'small'), 'rocksdb_seconds': 60,
              'live_snapshots': 100,
              'nfs_lengths': (1, 10, 100, 500, 1000), 'nfs_size': 1 << 30,
-             'nfs_repeat': 3, 'nfs_seconds': 10,
+             'nfs_repeat': 3, 'nfs_seconds': 10, 'nfs_rand_repeat': 3,
              'replay_lengths': (1, 100, 500), 'replay_rounds': 5},
 }
 # What the boot section says of the kernel vmrun booted (its 'kernel')
