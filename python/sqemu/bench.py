@@ -399,10 +399,14 @@ def rand_reads(args, builds, tops, workdir):
     (rand_iops_all), or {'error': ...}."""
     runs = {(layers, build): [] for layers in tops for build in BUILDS}
     slow = set()
+
+    def repeated(key):
+        """Whether @key is read again: not after a failure, nor if slow"""
+        return key not in slow and not any(r.get('error') for r in runs[key])
+
     for i in range(args.rand_repeat):
         if args.rand_paired:
-            keys = [key for key in runs if key not in slow and
-                    not any(r.get('error') for r in runs[key])]
+            keys = [key for key in runs if repeated(key)]
             progress('rand read round %d/%d: %d daemons side by side, fio '
                      '1 s at a time, %d s each, QD%d...' %
                      (i + 1, args.rand_repeat, len(keys), args.runtime,
@@ -415,18 +419,15 @@ def rand_reads(args, builds, tops, workdir):
             continue
         for layers, top in tops.items():
             for build in BUILDS:
-                done = runs[(layers, build)]
-                if (layers, build) in slow or any(r.get('error')
-                                                  for r in done):
-                    continue            # not repeated
+                if not repeated((layers, build)):
+                    continue
                 progress('N=%d %s: rand read (fio %d s, QD%d) %d/%d...' %
                          (layers, build, args.runtime, args.rand_iodepth,
                           i + 1, args.rand_repeat))
                 start = time.monotonic()
-                done.append(tolerant(args, 'rand read', rand_read,
-                                     builds[build]['binaries'], top,
-                                     args.runtime, args.rand_iodepth,
-                                     workdir))
+                runs[(layers, build)].append(tolerant(
+                    args, 'rand read', rand_read, builds[build]['binaries'],
+                    top, args.runtime, args.rand_iodepth, workdir))
                 if time.monotonic() - start > SLOW_RAND_S:
                     slow.add((layers, build))
     result = {layers: {} for layers in tops}
@@ -462,7 +463,7 @@ def rand_round_paired(args, builds, tops, workdir, keys):
             else:
                 daemons[key] = started['daemon']
         slices = {key: [] for key in daemons}
-        for i in range(args.runtime):
+        for _ in range(args.runtime):
             for key, daemon in daemons.items():
                 if key in results:
                     continue        # failed in an earlier slice

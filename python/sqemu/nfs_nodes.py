@@ -393,12 +393,17 @@ class NetNamespace:
             # clients elsewhere: an error here ends the proxy
             set_net_namespace(self.home, 'our own namespace')
 
-    def socket(self, *args):
-        return self.make(socket.socket, *args)
-
     def close(self):
         os.close(self.fd)
         os.close(self.home)
+
+
+def in_namespace(namespace, factory, *args, **kwargs):
+    """factory(*args, **kwargs) in @namespace (a NetNamespace), or in ours
+    if it is None"""
+    if namespace is None:
+        return factory(*args, **kwargs)
+    return namespace.make(factory, *args, **kwargs)
 
 
 class Link:
@@ -485,10 +490,8 @@ class Proxy:
             return
         # the connect to the node completes in the loop (EPOLLOUT), so
         # that a node slow to answer holds up no other connection
-        if namespace:
-            upstream = namespace.socket(socket.AF_INET, socket.SOCK_STREAM)
-        else:
-            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream = in_namespace(namespace, socket.socket, socket.AF_INET,
+                                socket.SOCK_STREAM)
         upstream.setblocking(False)
         err = upstream.connect_ex((target, port))
         if err not in (0, errno.EINPROGRESS):
@@ -705,10 +708,8 @@ def cmd_proxy(args):
         namespace = NetNamespace(name) if name else None
         links = (Link(delay, args.bandwidth), Link(delay, args.bandwidth))
         for port in args.ports:
-            address = (listen, port)
-            listener = (namespace.make(socket.create_server, address,
-                                       backlog=128) if namespace
-                        else socket.create_server(address, backlog=128))
+            listener = in_namespace(namespace, socket.create_server,
+                                    (listen, port), backlog=128)
             proxy.listen(listener, connect, port, links, namespace)
     print('listening', flush=True)
     proxy.run()

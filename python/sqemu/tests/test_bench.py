@@ -107,6 +107,16 @@ def test_rand_iodepth(monkeypatch, capsys):
     assert '--iodepth=1' in commands[0]
 
 
+def target_rows(result):
+    """bench rows of rand_reads()' @result for N=1 and 1000, stock's at
+    N=1000 failed"""
+    rows = [dict(result[n][b], layers=n, build=b, seq_mbps=100.0,
+                 seq_rss_kib=1000, open_time_s=0.1)
+            for n in (1, 1000) for b in ('stock', 'ours')]
+    rows[2] = {'layers': 1000, 'build': 'stock', 'errors': ['x']}
+    return rows
+
+
 def test_rand_repeat(monkeypatch, capsys):
     monkeypatch.setattr('sys.argv', ['bench', '--quick'])
     assert bench.parse_args().rand_repeat == 1
@@ -153,11 +163,7 @@ def test_rand_repeat(monkeypatch, capsys):
     assert 'cannot open' in result[1000]['stock']['error']
 
     # the targets: the median's ratio and each round's
-    rows = [dict(result[n][b], layers=n, build=b, seq_mbps=100.0,
-                 seq_rss_kib=1000, open_time_s=0.1)
-            for n in (1, 1000) for b in ('stock', 'ours')]
-    rows[2] = {'layers': 1000, 'build': 'stock', 'errors': ['x']}
-    text = bench.format_targets(rows)
+    text = bench.format_targets(target_rows(result))
     assert 'rand, ours N=1000 / ours N=1, worst of 3 rounds' in text
     assert '0.900  (target >= 0.950: NOT met)' in text
     assert '0.900 0.900 0.950' in text
@@ -222,11 +228,7 @@ def test_rand_paired(monkeypatch, capsys):
     assert result[1]['ours']['rand_slices'] in ([91, 92, 93], [94, 95, 96])
     assert result[1000]['ours']['qsd_rss_kib'] == 1000000
     assert 'cannot open' in result[1000]['stock']['error']
-    rows = [dict(result[n][b], layers=n, build=b, seq_mbps=100.0,
-                 seq_rss_kib=1000, open_time_s=0.1)
-            for n in (1, 1000) for b in ('stock', 'ours')]
-    rows[2] = {'layers': 1000, 'build': 'stock', 'errors': ['x']}
-    text = bench.format_targets(rows)
+    text = bench.format_targets(target_rows(result))
     assert 'worst of 2 rounds (paired)' in text
     assert '%.3f %.3f' % (82 / 92, 85 / 95) in text
 

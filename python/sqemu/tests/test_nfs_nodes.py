@@ -263,16 +263,20 @@ class CountingProxy(nfs_nodes.Proxy):
             self.most_queued = max(self.most_queued, d.queued)
 
 
-def proxy(port, latency_ms, rate=None):
-    """A proxy on 127.0.0.2:@port forwarding to 127.0.0.1:@port"""
+def listener(port):
+    """A listening socket on 127.0.0.2:@port (the test skips without)"""
     try:
-        listener = socket.create_server(('127.0.0.2', port))
+        return socket.create_server(('127.0.0.2', port))
     except OSError as e:
         pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
+
+
+def proxy(port, latency_ms, rate=None):
+    """A proxy on 127.0.0.2:@port forwarding to 127.0.0.1:@port"""
     delay = latency_ms / 2000
     links = (nfs_nodes.Link(delay, rate), nfs_nodes.Link(delay, rate))
     server = CountingProxy()
-    server.listen(listener, '127.0.0.1', port, links)
+    server.listen(listener(port), '127.0.0.1', port, links)
     threading.Thread(target=server.run, daemon=True).start()
     return server
 
@@ -478,7 +482,7 @@ def test_net_namespace_makes_sockets_there_and_comes_back():
             # our loopback has nothing on that port; the namespace's has
             with socket.socket() as sock:
                 assert sock.connect_ex(('127.0.0.1', port)) != 0
-            with ns.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            with nfs_nodes.in_namespace(ns, socket.socket) as sock:
                 assert sock.connect_ex(('127.0.0.1', port)) == 0
             assert os.readlink('/proc/thread-self/ns/net') == home
             server.close()
@@ -495,13 +499,9 @@ def test_proxy_routes_have_links_of_their_own():
     server = CountingProxy()
     given = []
     for port in ports:
-        try:
-            listener = socket.create_server(('127.0.0.2', port))
-        except OSError as e:
-            pytest.skip('cannot listen on 127.0.0.2:%d: %s' % (port, e))
         links = (nfs_nodes.Link(0.001), nfs_nodes.Link(0.001))
         given.append(links)
-        server.listen(listener, '127.0.0.1', port, links)
+        server.listen(listener(port), '127.0.0.1', port, links)
     threading.Thread(target=server.run, daemon=True).start()
     socks = [socket.create_connection(('127.0.0.2', p)) for p in ports]
     try:
@@ -515,3 +515,14 @@ def test_proxy_routes_have_links_of_their_own():
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_parse_route():
+    assert nfs_nodes.parse_route('ns1,10.0.0.6,10.0.0.10') == \
+        ['ns1', '10.0.0.6', '10.0.0.10']
+    assert nfs_nodes.parse_route(',127.0.0.2,127.0.0.1') == \
+        ['', '127.0.0.2', '127.0.0.1']
+    for bad in ('ns1,10.0.0.6', 'ns1,,10.0.0.10', 'a,b,c,d'):
+        with pytest.raises(argparse.ArgumentTypeError,
+                           match='NAMESPACE,LISTEN,CONNECT'):
+            nfs_nodes.parse_route(bad)
