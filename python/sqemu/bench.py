@@ -351,11 +351,34 @@ def snapshot(tools, top, snap, options):
     return {'snap_time_s': seconds, 'snap_growth_bytes': growth}
 
 
+class Rounds:
+    """The runs of one measurement over rounds, per (length, build): a key
+    is measured again in the next round unless a run of it failed or was
+    too slow to repeat"""
+
+    def __init__(self, tops):
+        self.runs = {(layers, build): [] for layers in tops
+                     for build in BUILDS}
+        self.slow = set()
+
+    def wanted(self, layers=None):
+        """The keys to measure this round (of length @layers, if given),
+        stock first"""
+        return [key for key, runs in self.runs.items()
+                if layers in (None, key[0]) and key not in self.slow
+                and not any(r.get('error') for r in runs)]
+
+    def add(self, key, result, slow=False):
+        self.runs[key].append(result)
+        if slow:
+            self.slow.add(key)
+
+
 def seq_reads(args, builds, tops):
     """Sequential reads of every chain in @tops (length -> top), --repeat
     times each, the lengths and the builds alternating; return, per length
     and build, the median run (by time), with all times."""
-    runs = {(layers, build): [] for layers in tops for build in BUILDS}
+    rounds = Rounds(tops)
     raw = {layers: [] for layers in tops}
     for i in range(args.repeat):
         for layers, top in tops.items():
@@ -364,16 +387,15 @@ def seq_reads(args, builds, tops):
                          (layers, i + 1, args.repeat))
                 raw[layers].append(raw_read(builds['ours']['binaries'], top,
                                             layers))
-            for build in BUILDS:
-                done = runs[(layers, build)]
-                if any(r.get('error') or r['seq_time_s'] > SLOW_SEQ_S
-                       for r in done):
-                    continue
+            for key in rounds.wanted(layers):
+                build = key[1]
                 progress('N=%d %s: seq read %d/%d...' %
                          (layers, build, i + 1, args.repeat))
-                done.append(tolerant(args, 'seq read', seq_read,
-                                     builds[build]['binaries'], top,
-                                     args.size))
+                result = tolerant(args, 'seq read', seq_read,
+                                  builds[build]['binaries'], top, args.size)
+                rounds.add(key, result, result.get('seq_time_s', 0) >
+                           SLOW_SEQ_S)
+    runs = rounds.runs
     result = {layers: {} for layers in tops}
     for (layers, build), results in runs.items():
         failed = [r for r in results if r.get('error')]
@@ -397,16 +419,10 @@ def rand_reads(args, builds, tops, workdir):
     lengths and the builds alternating as seq_reads() does; per length and
     build, the median run (by IOPS) with every round's IOPS
     (rand_iops_all), or {'error': ...}."""
-    runs = {(layers, build): [] for layers in tops for build in BUILDS}
-    slow = set()
-
-    def repeated(key):
-        """Whether @key is read again: not after a failure, nor if slow"""
-        return key not in slow and not any(r.get('error') for r in runs[key])
-
+    rounds = Rounds(tops)
     for i in range(args.rand_repeat):
         if args.rand_paired:
-            keys = [key for key in runs if repeated(key)]
+            keys = rounds.wanted()
             progress('rand read round %d/%d: %d daemons side by side, fio '
                      '1 s at a time, %d s each, QD%d...' %
                      (i + 1, args.rand_repeat, len(keys), args.runtime,
@@ -414,22 +430,21 @@ def rand_reads(args, builds, tops, workdir):
             results, started_slowly = rand_round_paired(args, builds, tops,
                                                         workdir, keys)
             for key, result in results.items():
-                runs[key].append(result)
-            slow |= started_slowly
+                rounds.add(key, result, key in started_slowly)
             continue
         for layers, top in tops.items():
-            for build in BUILDS:
-                if not repeated((layers, build)):
-                    continue
+            for key in rounds.wanted(layers):
+                build = key[1]
                 progress('N=%d %s: rand read (fio %d s, QD%d) %d/%d...' %
                          (layers, build, args.runtime, args.rand_iodepth,
                           i + 1, args.rand_repeat))
                 start = time.monotonic()
-                runs[(layers, build)].append(tolerant(
-                    args, 'rand read', rand_read, builds[build]['binaries'],
-                    top, args.runtime, args.rand_iodepth, workdir))
-                if time.monotonic() - start > SLOW_RAND_S:
-                    slow.add((layers, build))
+                result = tolerant(args, 'rand read', rand_read,
+                                  builds[build]['binaries'], top,
+                                  args.runtime, args.rand_iodepth, workdir)
+                rounds.add(key, result,
+                           time.monotonic() - start > SLOW_RAND_S)
+    runs = rounds.runs
     result = {layers: {} for layers in tops}
     for (layers, build), results in runs.items():
         result[layers][build] = median_rand(results)

@@ -240,3 +240,40 @@ def test_median_rand():
     # a later round's failure fails the measurement
     assert bench.median_rand([{'rand_iops': 3}, {'error': 'rand read: x'}]) \
         == {'error': 'rand read: x'}
+
+
+def test_rounds():
+    rounds = bench.Rounds({1: 'a', 1000: 'b'})
+    assert rounds.wanted() == [(1, 'stock'), (1, 'ours'), (1000, 'stock'),
+                               (1000, 'ours')]
+    assert rounds.wanted(1000) == [(1000, 'stock'), (1000, 'ours')]
+    rounds.add((1, 'stock'), {'x': 1})
+    rounds.add((1000, 'stock'), {'error': 'cannot open'})
+    rounds.add((1000, 'ours'), {'x': 2}, slow=True)
+    # a failed or slow key is not measured again; its runs are kept
+    assert rounds.wanted() == [(1, 'stock'), (1, 'ours')]
+    assert rounds.runs[(1000, 'ours')] == [{'x': 2}]
+
+
+def test_seq_reads_repeat(monkeypatch):
+    # a read slower than SLOW_SEQ_S is not repeated; a failed one fails
+    # its measurement; raw reads run only on local disk
+    calls = []
+    times = {(1, 'stock'): 2.0, (1, 'ours'): 1.0,
+             (1000, 'stock'): bench.SLOW_SEQ_S + 1, (1000, 'ours'): 1.5}
+
+    def fake_seq_read(tools, top, size):
+        calls.append((top, tools['build']))
+        return {'seq_time_s': times[calls[-1]] + len(calls) / 100}
+
+    monkeypatch.setattr(bench, 'seq_read', fake_seq_read)
+    monkeypatch.setattr(bench, 'progress', lambda text: None)
+    args = type('A', (), {'repeat': 3, 'nfs_nodes': 2, 'size': 1})()
+    builds = {b: {'binaries': {'build': b}} for b in bench.BUILDS}
+    result = bench.seq_reads(args, builds, {1: 1, 1000: 1000})
+    assert calls.count((1000, 'stock')) == 1
+    assert calls.count((1000, 'ours')) == 3
+    assert len(result[1]['ours']['seq_times_s']) == 3
+    assert result[1]['ours']['seq_time_s'] == \
+        sorted(result[1]['ours']['seq_times_s'])[1]
+    assert 'raw_times_s' not in result[1]['ours']
