@@ -522,8 +522,10 @@ def replay(binary, top, log, pace, iodepth, transfers, rundir, tag):
     summary of fio's job, with the daemon's index counters"""
     os.makedirs(rundir)
     with Throwaway(top, copy_name(top, tag)) as copy:
+        # cache.direct on the qcow2 node, which the backing layers
+        # inherit: on the file node alone only the top was read O_DIRECT
         blockdev = {'driver': 'qcow2', 'node-name': 'disk',
-                    'discard': 'unmap',
+                    'discard': 'unmap', 'cache': {'direct': True},
                     'file': {'driver': 'file', 'filename': copy,
                              'cache': {'direct': True}}}
         with Daemon(binary, blockdev, rundir, ReplayError,

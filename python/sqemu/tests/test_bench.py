@@ -53,6 +53,18 @@ def test_daemon_command():
         ['env', 'QEMU_MODULE_DIR=/b'] + cmd
 
 
+def test_rand_daemon_reads_every_layer_direct(monkeypatch):
+    # the backing layers inherit cache.direct from the qcow2 node only
+    made = []
+    monkeypatch.setattr(bench, 'Daemon', lambda binary, blockdev, *a, **kw:
+                        made.append(blockdev))
+    for top in ('/c/layer-0003.qcow2', 'nfs://10.0.0.1/node0/l.qcow2'):
+        bench.rand_daemon({'qemu-storage-daemon': 'qsd'}, top, '/r')
+        assert made[-1]['driver'] == 'qcow2'
+        assert made[-1]['cache'] == {'direct': True}
+        assert made[-1]['file']['cache'] == {'direct': True}
+
+
 def test_nfs_options_need_nodes(monkeypatch, capsys):
     monkeypatch.setattr('sys.argv', ['bench', '--nfs-latency', '0.5'])
     with pytest.raises(SystemExit) as e:
