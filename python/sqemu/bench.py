@@ -73,6 +73,7 @@ SLOW_SEQ_S = 60.0
 SLOW_RAND_S = 60.0
 SEED = 1
 SEQ_BLOCK = 65536
+SEQ_SLICES = 8          # pieces of the disk in a --seq-paired round
 RAND_BLOCK = '4k'
 RAND_IODEPTH = 16
 OPEN_RUNS = 3
@@ -291,6 +292,25 @@ def run_fio(sock, runtime, iodepth):
     return job['read']['iops']
 
 
+def run_fio_seq(sock, offset, length):
+    """Read @length bytes from @offset of the NBD export at @sock in order,
+    SEQ_BLOCK at a time, QD1; the seconds the reads took (fio's latencies
+    summed: at QD1 one read follows the other)"""
+    output = execute(['fio', '--name=seqread', '--ioengine=nbd',
+                      '--uri=nbd+unix:///disk?socket=' + sock,
+                      '--rw=read', '--bs=%d' % SEQ_BLOCK, '--iodepth=1',
+                      '--offset=%d' % offset, '--size=%d' % length,
+                      '--output-format=json'])[0]
+    job = util.fio_job(output, BenchError, 200)
+    if job['error']:
+        raise BenchError('fio job failed with error %d' % job['error'])
+    read = job['read']
+    if read['io_bytes'] != length:
+        raise BenchError('fio read %d of %d bytes at %d' %
+                         (read['io_bytes'], length, offset))
+    return read['lat_ns']['mean'] * read['lat_ns']['N'] / 1e9
+
+
 def protocol_node(top):
     """The protocol node of @top (a local file, or an nfs:// URL), read
     with O_DIRECT"""
@@ -377,10 +397,11 @@ class Rounds:
             self.slow.add(key)
 
 
-def seq_reads(args, builds, tops):
+def seq_reads(args, builds, tops, workdir):
     """Sequential reads of every chain in @tops (length -> top), --repeat
-    times each, the lengths and the builds alternating; return, per length
-    and build, the median run (by time), with all times."""
+    times each, the lengths and the builds alternating (with --seq-paired
+    in paired rounds, seq_round_paired()); return, per length and build,
+    the median run (by time), with all times."""
     rounds = Rounds(tops)
     raw = {layers: [] for layers in tops}
     for i in range(args.repeat):
@@ -390,6 +411,8 @@ def seq_reads(args, builds, tops):
                          (layers, i + 1, args.repeat))
                 raw[layers].append(raw_read(builds['ours']['binaries'], top,
                                             layers))
+            if args.seq_paired:
+                continue
             for key in rounds.wanted(layers):
                 build = key[1]
                 progress('N=%d %s: seq read %d/%d...' %
@@ -398,6 +421,17 @@ def seq_reads(args, builds, tops):
                                   builds[build]['binaries'], top, args.size)
                 rounds.add(key, result, result.get('seq_time_s', 0) >
                            SLOW_SEQ_S)
+        if args.seq_paired:
+            keys = rounds.wanted()
+            progress('seq read round %d/%d: %d daemons side by side, fio '
+                     'reading %d pieces of the disk from each in turn...' %
+                     (i + 1, args.repeat, len(keys),
+                      len(seq_slices(args.size))))
+            results, started_slowly = seq_round_paired(args, builds, tops,
+                                                       workdir, keys)
+            for key, result in results.items():
+                rounds.add(key, result, key in started_slowly or
+                           result.get('seq_time_s', 0) > SLOW_SEQ_S)
     runs = rounds.runs
     result = {layers: {} for layers in tops}
     for (layers, build), results in runs.items():
@@ -454,15 +488,16 @@ def rand_reads(args, builds, tops, workdir):
     return result
 
 
-def rand_round_paired(args, builds, tops, workdir, keys):
-    """One round of random reads of the chains @keys ((length, build)
-    pairs) side by side: a fresh daemon each, all running, and fio
-    reading from each in turn for 1 s, --runtime times.  A change of the
+def paired_round(args, builds, tops, workdir, keys, what, slices,
+                 read_slice, summarize, slow_start_s):
+    """One round of @what of the chains @keys ((length, build) pairs) side
+    by side: a fresh daemon each, all running, and @read_slice(daemon,
+    slice) of each in turn for every one of @slices.  A change of the
     machine's speed during the round then weighs on every chain alike,
     where whole runs one after the other take it as a difference.  Per
-    key {'rand_iops': the mean of its slices, 'rand_slices': [...],
-    'qsd_rss_kib': ...} or {'error': ...}; and the keys whose daemon
-    took longer than SLOW_RAND_S to start (not worth repeating)."""
+    key, @summarize(the slices' results) with 'qsd_rss_kib', or
+    {'error': ...}; and the keys whose daemon took longer than
+    @slow_start_s to start (not worth repeating)."""
     results, daemons, slow = {}, {}, set()
     with contextlib.ExitStack() as stack:
         for key in keys:
@@ -470,34 +505,73 @@ def rand_round_paired(args, builds, tops, workdir, keys):
             rundir = tempfile.mkdtemp(prefix='qsd-', dir=workdir)
             stack.callback(shutil.rmtree, rundir, ignore_errors=True)
             start = time.monotonic()
-            started = tolerant(args, 'rand read', lambda: {
+            started = tolerant(args, what, lambda: {
                 'daemon': stack.enter_context(rand_daemon(
                     builds[build]['binaries'], tops[layers], rundir))})
-            # as slow as a solo run that rand_reads() would not repeat
-            if time.monotonic() - start + args.runtime > SLOW_RAND_S:
+            if time.monotonic() - start > slow_start_s:
                 slow.add(key)
             if 'error' in started:
                 results[key] = started
             else:
                 daemons[key] = started['daemon']
-        slices = {key: [] for key in daemons}
-        for _ in range(args.runtime):
+        done = {key: [] for key in daemons}
+        for piece in slices:
             for key, daemon in daemons.items():
                 if key in results:
                     continue        # failed in an earlier slice
-                got = tolerant(args, 'rand read', lambda: {
-                    'iops': run_fio(daemon.nbd, 1, args.rand_iodepth)})
+                got = tolerant(args, what, lambda: {
+                    'value': read_slice(daemon, piece)})
                 if 'error' in got:
                     results[key] = got
                 else:
-                    slices[key].append(got['iops'])
+                    done[key].append(got['value'])
         for key, daemon in daemons.items():
             if key in results:
                 continue
             daemon.stop(DAEMON_STOP_TIMEOUT)
-            results[key] = {'rand_iops': statistics.mean(slices[key]),
-                            'rand_slices': slices[key],
-                            'qsd_rss_kib': daemon.proc.maxrss}
+            results[key] = dict(summarize(done[key]),
+                                qsd_rss_kib=daemon.proc.maxrss)
+    return results, slow
+
+
+def rand_round_paired(args, builds, tops, workdir, keys):
+    """Random reads in a paired round: fio reads from each daemon for 1
+    s, --runtime times; per key {'rand_iops': the mean of its slices,
+    'rand_slices': [...], 'qsd_rss_kib': ...}.  A daemon as slow to start
+    as a solo run that rand_reads() would not repeat is not repeated."""
+    return paired_round(
+        args, builds, tops, workdir, keys, 'rand read', range(args.runtime),
+        lambda daemon, _: run_fio(daemon.nbd, 1, args.rand_iodepth),
+        lambda iops: {'rand_iops': statistics.mean(iops),
+                      'rand_slices': iops},
+        SLOW_RAND_S - args.runtime)
+
+
+def seq_slices(size, count=SEQ_SLICES):
+    """The disk of @size bytes in @count pieces of whole SEQ_BLOCKs (fewer
+    for a small disk): (offset, length) each, in order"""
+    blocks = size // SEQ_BLOCK
+    per = -(-blocks // count)
+    return [(first * SEQ_BLOCK, min(per, blocks - first) * SEQ_BLOCK)
+            for first in range(0, blocks, per)]
+
+
+def seq_round_paired(args, builds, tops, workdir, keys):
+    """Sequential reads in a paired round: the disk in SEQ_SLICES pieces,
+    each read in order from every daemon before the next (fio over NBD,
+    SEQ_BLOCK at a time, QD1); per key {'seq_time_s': the pieces' times
+    summed, 'seq_mbps', 'seq_slices_s': [...], 'qsd_rss_kib': ...}"""
+    results, slow = paired_round(
+        args, builds, tops, workdir, keys, 'seq read', seq_slices(args.size),
+        lambda daemon, piece: run_fio_seq(daemon.nbd, *piece),
+        lambda times: {'seq_time_s': sum(times),
+                       'seq_mbps': args.size / sum(times) / 1e6,
+                       'seq_slices_s': times},
+        SLOW_SEQ_S)
+    for result in results.values():
+        # the random reads' daemon has its own
+        if 'qsd_rss_kib' in result:
+            result['seq_qsd_rss_kib'] = result.pop('qsd_rss_kib')
     return results, slow
 
 
@@ -578,7 +652,7 @@ def run_lengths(args, builds, workdir, nodes=None):
         tops[layers] = build_chain(args, builds['ours'], layers,
                                    os.path.join(workdir, 'chain-%d' % layers),
                                    nodes)
-    seq = seq_reads(args, builds, tops)
+    seq = seq_reads(args, builds, tops, workdir)
     rand = (rand_reads(args, builds, tops, workdir) if args.rand_repeat > 1
             else None)
     rows = []
@@ -727,10 +801,14 @@ def format_targets(rows):
     t_lo, t_hi = o_lo.get('seq_times_s'), o_hi.get('seq_times_s')
     if t_lo and t_hi and len(t_lo) == len(t_hi):
         # reads of the same round were made a minute apart at most
-        lines.append(check('seq, ours N=%d / ours N=%d, worst of %d rounds' %
-                           (hi, lo, len(t_lo)),
-                           min(a / b for a, b in zip(t_lo, t_hi)), '>=',
-                           0.95))
+        rounds = [a / b for a, b in zip(t_lo, t_hi)]
+        lines.append(check('seq, ours N=%d / ours N=%d, worst of %d rounds%s'
+                           % (hi, lo, len(t_lo),
+                              ' (paired)' if 'seq_slices_s' in o_hi else ''),
+                           min(rounds), '>=', 0.95))
+        lines.append('  %-58s %s' % ('seq, ours N=%d / ours N=%d, each round'
+                                     % (hi, lo),
+                                     ' '.join('%.3f' % r for r in rounds)))
     r_lo, r_hi = o_lo.get('raw_times_s'), o_hi.get('raw_times_s')
     if r_lo and r_hi:
         rounds = [a / b for a, b in zip(r_lo, r_hi)]
@@ -805,7 +883,8 @@ def parameters(args):
             'seq_block': SEQ_BLOCK, 'seq_queue_depth': 1,
             'rand_block': RAND_BLOCK, 'rand_iodepth': args.rand_iodepth,
             'seq_repeat': args.repeat, 'rand_repeat': args.rand_repeat,
-            'rand_paired': args.rand_paired,
+            'rand_paired': args.rand_paired, 'seq_paired': args.seq_paired,
+            'seq_slices': SEQ_SLICES if args.seq_paired else None,
             'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
             'chain_options': args.chain_options, 'quick': args.quick,
             'nfs_nodes': args.nfs_nodes, 'nfs_latency': args.nfs_latency,
@@ -920,6 +999,13 @@ def parse_args():
                              'and let fio read from each in turn for 1 s, '
                              'RUNTIME times, so that each round compares '
                              'them over the same stretch of time')
+    parser.add_argument('--seq-paired', action='store_true',
+                        help='with --repeat 2 or more: in each round, start '
+                             'every length\'s and build\'s daemon at once '
+                             'and let fio read the disk from each in turn '
+                             '(QD1, 64 KiB, over NBD), in %d pieces, so that '
+                             'each round compares them over the same stretch '
+                             'of time' % SEQ_SLICES)
     parser.add_argument('--chain-options', default='', metavar='OPTS',
                         help='qcow2 creation options for the chain (mkchain '
                              '-o) and, if ours has the sQemu extension, for '
@@ -977,6 +1063,8 @@ def parse_args():
         parser.error('--rand-repeat must be at least 1')
     if args.rand_paired and args.rand_repeat < 2:
         parser.error('--rand-paired needs --rand-repeat 2 or more')
+    if args.seq_paired and args.repeat < 2:
+        parser.error('--seq-paired needs --repeat 2 or more')
     if args.runtime < 1:
         parser.error('--runtime must be at least 1')
     if args.repeat < 1:

@@ -3,6 +3,7 @@
 # sqemu.bench: its argument parsing, failure text, ratios and targets.
 
 import argparse
+import json
 
 import pytest
 
@@ -280,12 +281,118 @@ def test_seq_reads_repeat(monkeypatch):
 
     monkeypatch.setattr(bench, 'seq_read', fake_seq_read)
     monkeypatch.setattr(bench, 'progress', lambda text: None)
-    args = type('A', (), {'repeat': 3, 'nfs_nodes': 2, 'size': 1})()
+    args = type('A', (), {'repeat': 3, 'nfs_nodes': 2, 'size': 1,
+                          'seq_paired': False})()
     builds = {b: {'binaries': {'build': b}} for b in bench.BUILDS}
-    result = bench.seq_reads(args, builds, {1: 1, 1000: 1000})
+    result = bench.seq_reads(args, builds, {1: 1, 1000: 1000}, '/w')
     assert calls.count((1000, 'stock')) == 1
     assert calls.count((1000, 'ours')) == 3
     assert len(result[1]['ours']['seq_times_s']) == 3
     assert result[1]['ours']['seq_time_s'] == \
         sorted(result[1]['ours']['seq_times_s'])[1]
     assert 'raw_times_s' not in result[1]['ours']
+
+
+def test_seq_slices():
+    block = bench.SEQ_BLOCK
+    assert bench.seq_slices(16 * block, 8) == [(2 * k * block, 2 * block)
+                                               for k in range(8)]
+    # the last piece takes what is left; a small disk has fewer pieces
+    assert bench.seq_slices(10 * block, 4) == [
+        (0, 3 * block), (3 * block, 3 * block), (6 * block, 3 * block),
+        (9 * block, block)]
+    assert bench.seq_slices(3 * block, 8) == [(0, block), (block, block),
+                                              (2 * block, block)]
+    assert sum(n for _, n in bench.seq_slices(1 << 30)) == 1 << 30
+
+
+def test_run_fio_seq(monkeypatch):
+    commands = []
+    reply = {'error': 0, 'read': {'io_bytes': 131072,
+                                  'lat_ns': {'mean': 250000.0, 'N': 2}}}
+
+    def fake_execute(cmd):
+        commands.append(cmd)
+        return ('nbd: connected\n' + json.dumps({'jobs': [reply]}), 1.0, 0,
+                0)
+    monkeypatch.setattr(bench, 'execute', fake_execute)
+    assert bench.run_fio_seq('/s', 65536, 131072) == 0.0005
+    assert '--offset=65536' in commands[0]
+    assert '--size=131072' in commands[0]
+    assert '--rw=read' in commands[0] and '--iodepth=1' in commands[0]
+    # a short read is an error, not a fast piece
+    reply['read']['io_bytes'] = 65536
+    with pytest.raises(bench.BenchError, match='read 65536 of 131072'):
+        bench.run_fio_seq('/s', 65536, 131072)
+
+
+def test_seq_paired(monkeypatch, capsys):
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--repeat', '1',
+                                     '--seq-paired'])
+    with pytest.raises(SystemExit):
+        bench.parse_args()
+    assert '--seq-paired needs --repeat 2' in capsys.readouterr().err
+    monkeypatch.setattr('sys.argv', ['bench', '--quick', '--repeat', '2',
+                                     '--seq-paired', '--size', '1M'])
+    args = bench.parse_args()
+    assert bench.parameters(args)['seq_paired'] is True
+
+    # every chain's daemon runs while fio reads the same piece of the disk
+    # from each before the next; a daemon that cannot start is not tried
+    # again; a round's time is the sum of its pieces'
+    events = []
+    seconds = {(1, 'stock'): 0.010, (1, 'ours'): 0.011,
+               (1000, 'ours'): 0.012}
+
+    class FakeDaemon:
+        def __init__(self, key):
+            self.key, self.nbd = key, key
+            self.proc = type('P', (), {'maxrss': 1000 * key[0]})()
+
+        def __enter__(self):
+            if self.key == (1000, 'stock'):
+                raise bench.BenchError('cannot open')
+            events.append(('start', self.key))
+            return self
+
+        def __exit__(self, *exc):
+            events.append(('exit', self.key))
+
+        def stop(self, timeout):
+            events.append(('stop', self.key))
+
+    def fake_fio_seq(sock, offset, length):
+        events.append(('fio', sock, offset))
+        return seconds[sock]
+
+    monkeypatch.setattr(bench, 'rand_daemon', lambda tools, top, rundir:
+                        FakeDaemon((top, tools['build'])))
+    monkeypatch.setattr(bench, 'run_fio_seq', fake_fio_seq)
+    monkeypatch.setattr(bench, 'progress', lambda text: None)
+    monkeypatch.setattr(bench.tempfile, 'mkdtemp', lambda **kw: '/w/none')
+    args.nfs_nodes = 2
+    builds = {b: {'binaries': {'build': b}} for b in bench.BUILDS}
+    result = bench.seq_reads(args, builds, {1: 1, 1000: 1000}, '/w')
+    live = [(1, 'stock'), (1, 'ours'), (1000, 'ours')]
+    pieces = bench.seq_slices(1 << 20)
+    round1 = events[:events.index(('exit', live[0])) + 1]
+    assert round1[:3] == [('start', k) for k in live]
+    assert [e for e in round1 if e[0] == 'fio'] == \
+        [('fio', k, offset) for offset, _ in pieces for k in live]
+    assert len([e for e in events if e[0] == 'start']) == 6
+    ours = result[1]['ours']
+    assert ours['seq_slices_s'] == [0.011] * len(pieces)
+    assert ours['seq_time_s'] == pytest.approx(0.011 * len(pieces))
+    assert ours['seq_mbps'] == pytest.approx(
+        (1 << 20) / ours['seq_time_s'] / 1e6)
+    assert ours['seq_times_s'] == [ours['seq_time_s']] * 2
+    assert result[1000]['ours']['seq_qsd_rss_kib'] == 1000000
+    assert 'qsd_rss_kib' not in ours
+    assert 'cannot open' in result[1000]['stock']['error']
+    rows = [dict(result[n][b], layers=n, build=b, rand_iops=100.0,
+                 open_time_s=0.1)
+            for n in (1, 1000) for b in ('stock', 'ours')]
+    rows[2] = {'layers': 1000, 'build': 'stock', 'errors': ['x']}
+    text = bench.format_targets(rows)
+    assert 'worst of 2 rounds (paired)' in text
+    assert '%.3f %.3f' % (11 / 12, 11 / 12) in text
