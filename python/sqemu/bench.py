@@ -328,12 +328,19 @@ def daemon_command(tools, cmd):
 
 def rand_daemon(tools, top, rundir):
     """A qemu-storage-daemon of @tools exporting @top read-only over NBD,
-    a context manager that starts it.  Every layer is read with O_DIRECT:
-    the backing layers inherit cache.direct from the qcow2 node, not from
-    its file (given only there, the layers below the top were read
-    through the page cache, which favoured long chains)."""
+    a context manager that starts it.  A local chain is read with O_DIRECT
+    in every layer: the backing layers inherit cache.direct from the
+    qcow2 node, not from its file (given only there, the layers below the
+    top were read through the page cache, which favoured long chains).
+    Over NFS there is no page cache to avoid (libnfs keeps none), and
+    cache.direct on a read-only nfs node makes it ask the server for its
+    allocated size instead of answering from the size read at open: one
+    round trip for each layer that block status first reaches (an NBD
+    read asks for it), so there only the top's file has it, as before."""
     blockdev = {'driver': 'qcow2', 'node-name': 'disk', 'read-only': True,
-                'cache': {'direct': True}, 'file': protocol_node(top)}
+                'file': protocol_node(top)}
+    if not top.startswith('nfs://'):
+        blockdev['cache'] = {'direct': True}
     # proc.Process: the daemon's own peak RSS
     return Daemon(tools['qemu-storage-daemon'], blockdev, rundir,
                   BenchError,
