@@ -279,32 +279,31 @@ def read_counters(tools, top, size):
     return counters
 
 
-def run_fio(sock, runtime, iodepth):
-    output = execute(['fio', '--name=randread', '--ioengine=nbd',
-                      '--uri=nbd+unix:///disk?socket=' + sock,
-                      '--rw=randread', '--bs=' + RAND_BLOCK,
-                      '--iodepth=%d' % iodepth,
-                      '--runtime=%d' % runtime, '--time_based',
+def fio_read(sock, *options):
+    """What fio's job reading the NBD export at @sock with @options read
+    (its JSON 'read' part)"""
+    output = execute(['fio', '--ioengine=nbd',
+                      '--uri=nbd+unix:///disk?socket=' + sock, *options,
                       '--output-format=json'])[0]
     job = util.fio_job(output, BenchError, 200)
     if job['error']:
         raise BenchError('fio job failed with error %d' % job['error'])
-    return job['read']['iops']
+    return job['read']
+
+
+def run_fio(sock, runtime, iodepth):
+    return fio_read(sock, '--name=randread', '--rw=randread',
+                    '--bs=' + RAND_BLOCK, '--iodepth=%d' % iodepth,
+                    '--runtime=%d' % runtime, '--time_based')['iops']
 
 
 def run_fio_seq(sock, offset, length):
     """Read @length bytes from @offset of the NBD export at @sock in order,
     SEQ_BLOCK at a time, QD1; the seconds the reads took (fio's latencies
     summed: at QD1 one read follows the other)"""
-    output = execute(['fio', '--name=seqread', '--ioengine=nbd',
-                      '--uri=nbd+unix:///disk?socket=' + sock,
-                      '--rw=read', '--bs=%d' % SEQ_BLOCK, '--iodepth=1',
-                      '--offset=%d' % offset, '--size=%d' % length,
-                      '--output-format=json'])[0]
-    job = util.fio_job(output, BenchError, 200)
-    if job['error']:
-        raise BenchError('fio job failed with error %d' % job['error'])
-    read = job['read']
+    read = fio_read(sock, '--name=seqread', '--rw=read',
+                    '--bs=%d' % SEQ_BLOCK, '--iodepth=1',
+                    '--offset=%d' % offset, '--size=%d' % length)
     if read['io_bytes'] != length:
         raise BenchError('fio read %d of %d bytes at %d' %
                          (read['io_bytes'], length, offset))
@@ -439,9 +438,8 @@ def seq_reads(args, builds, tops, workdir):
             for key, result in results.items():
                 rounds.add(key, result, key in started_slowly or
                            result.get('seq_time_s', 0) > SLOW_SEQ_S)
-    runs = rounds.runs
     result = {layers: {} for layers in tops}
-    for (layers, build), results in runs.items():
+    for (layers, build), results in rounds.runs.items():
         failed = [r for r in results if r.get('error')]
         if failed:
             # a round that failed fails the measurement (it says why)
@@ -488,22 +486,21 @@ def rand_reads(args, builds, tops, workdir):
                                   args.runtime, args.rand_iodepth, workdir)
                 rounds.add(key, result,
                            time.monotonic() - start > SLOW_RAND_S)
-    runs = rounds.runs
     result = {layers: {} for layers in tops}
-    for (layers, build), results in runs.items():
+    for (layers, build), results in rounds.runs.items():
         result[layers][build] = median_rand(results)
     return result
 
 
 def paired_round(args, builds, tops, workdir, keys, what, slices,
-                 read_slice, summarize, slow_start_s):
+                 read_slice, summarize, slow_start_s, rss_key):
     """One round of @what of the chains @keys ((length, build) pairs) side
     by side: a fresh daemon each, all running, and @read_slice(daemon,
     slice) of each in turn for every one of @slices.  A change of the
     machine's speed during the round then weighs on every chain alike,
     where whole runs one after the other take it as a difference.  Per
-    key, @summarize(the slices' results) with 'qsd_rss_kib', or
-    {'error': ...}; and the keys whose daemon took longer than
+    key, @summarize(the slices' results) with the daemon's peak RSS as
+    @rss_key, or {'error': ...}; and the keys whose daemon took longer than
     @slow_start_s to start (not worth repeating)."""
     results, daemons, slow = {}, {}, set()
     with contextlib.ExitStack() as stack:
@@ -536,8 +533,8 @@ def paired_round(args, builds, tops, workdir, keys, what, slices,
             if key in results:
                 continue
             daemon.stop(DAEMON_STOP_TIMEOUT)
-            results[key] = dict(summarize(done[key]),
-                                qsd_rss_kib=daemon.proc.maxrss)
+            results[key] = dict(summarize(done[key]))
+            results[key][rss_key] = daemon.proc.maxrss
     return results, slow
 
 
@@ -551,7 +548,7 @@ def rand_round_paired(args, builds, tops, workdir, keys):
         lambda daemon, _: run_fio(daemon.nbd, 1, args.rand_iodepth),
         lambda iops: {'rand_iops': statistics.mean(iops),
                       'rand_slices': iops},
-        SLOW_RAND_S - args.runtime)
+        SLOW_RAND_S - args.runtime, 'qsd_rss_kib')
 
 
 def seq_slices(size, count=SEQ_SLICES):
@@ -567,19 +564,15 @@ def seq_round_paired(args, builds, tops, workdir, keys):
     """Sequential reads in a paired round: the disk in SEQ_SLICES pieces,
     each read in order from every daemon before the next (fio over NBD,
     SEQ_BLOCK at a time, QD1); per key {'seq_time_s': the pieces' times
-    summed, 'seq_mbps', 'seq_slices_s': [...], 'qsd_rss_kib': ...}"""
-    results, slow = paired_round(
+    summed, 'seq_mbps', 'seq_slices_s': [...], 'seq_qsd_rss_kib': ...}
+    (the random reads' daemon has its own 'qsd_rss_kib')"""
+    return paired_round(
         args, builds, tops, workdir, keys, 'seq read', seq_slices(args.size),
         lambda daemon, piece: run_fio_seq(daemon.nbd, *piece),
         lambda times: {'seq_time_s': sum(times),
                        'seq_mbps': args.size / sum(times) / 1e6,
                        'seq_slices_s': times},
-        SLOW_SEQ_S)
-    for result in results.values():
-        # the random reads' daemon has its own
-        if 'qsd_rss_kib' in result:
-            result['seq_qsd_rss_kib'] = result.pop('qsd_rss_kib')
-    return results, slow
+        SLOW_SEQ_S, 'seq_qsd_rss_kib')
 
 
 def median_rand(results):
@@ -792,6 +785,17 @@ def check(name, value, op, target):
         name, value, op, target, 'met' if met else 'NOT met')
 
 
+def round_lines(what, hi, lo, rounds, paired):
+    """The target on the worst of @rounds (ratios ours N=@hi / N=@lo of
+    measurement @what) and every round's ratio"""
+    name = '%s, ours N=%d / ours N=%d' % (what, hi, lo)
+    return [check('%s, worst of %d rounds%s' % (
+                      name, len(rounds), ' (paired)' if paired else ''),
+                  min(rounds), '>=', 0.95),
+            '  %-58s %s' % (name + ', each round',
+                            ' '.join('%.3f' % r for r in rounds))]
+
+
 def format_targets(rows):
     """The issue's targets, from the longest and the shortest chain."""
     by_key = {(r['layers'], r['build']): r for r in rows}
@@ -808,14 +812,9 @@ def format_targets(rows):
     t_lo, t_hi = o_lo.get('seq_times_s'), o_hi.get('seq_times_s')
     if t_lo and t_hi and len(t_lo) == len(t_hi):
         # reads of the same round were made a minute apart at most
-        rounds = [a / b for a, b in zip(t_lo, t_hi)]
-        lines.append(check('seq, ours N=%d / ours N=%d, worst of %d rounds%s'
-                           % (hi, lo, len(t_lo),
-                              ' (paired)' if 'seq_slices_s' in o_hi else ''),
-                           min(rounds), '>=', 0.95))
-        lines.append('  %-58s %s' % ('seq, ours N=%d / ours N=%d, each round'
-                                     % (hi, lo),
-                                     ' '.join('%.3f' % r for r in rounds)))
+        lines += round_lines('seq', hi, lo,
+                             [a / b for a, b in zip(t_lo, t_hi)],
+                             'seq_slices_s' in o_hi)
     r_lo, r_hi = o_lo.get('raw_times_s'), o_hi.get('raw_times_s')
     if r_lo and r_hi:
         rounds = [a / b for a, b in zip(r_lo, r_hi)]
@@ -834,14 +833,9 @@ def format_targets(rows):
                        '>=', 0.85))
     i_lo, i_hi = o_lo.get('rand_iops_all'), o_hi.get('rand_iops_all')
     if i_lo and i_hi and len(i_lo) == len(i_hi) and len(i_lo) > 1:
-        rounds = [a / b for a, b in zip(i_hi, i_lo)]
-        lines.append(check('rand, ours N=%d / ours N=%d, worst of %d rounds%s'
-                           % (hi, lo, len(rounds),
-                              ' (paired)' if 'rand_slices' in o_hi else ''),
-                           min(rounds), '>=', 0.95))
-        lines.append('  %-58s %s' % ('rand, ours N=%d / ours N=%d, each round'
-                                     % (hi, lo),
-                                     ' '.join('%.3f' % r for r in rounds)))
+        lines += round_lines('rand', hi, lo,
+                             [a / b for a, b in zip(i_hi, i_lo)],
+                             'rand_slices' in o_hi)
     for key, what in (('seq_rss_kib', 'qemu-img bench'),
                       ('qsd_rss_kib', 'qemu-storage-daemon')):
         grow_o = diff(o_hi.get(key), o_lo.get(key))

@@ -188,6 +188,28 @@ def test_rand_repeat(monkeypatch, capsys):
     assert '0.900 0.900 0.950' in text
 
 
+class FakeDaemon:
+    """A paired round's daemon of chain @key ((length, build)), which
+    notes in @events what is done with it; stock's at N=1000 cannot
+    start"""
+
+    def __init__(self, key, events):
+        self.key, self.nbd, self.events = key, key, events
+        self.proc = type('P', (), {'maxrss': 1000 * key[0]})()
+
+    def __enter__(self):
+        if self.key == (1000, 'stock'):
+            raise bench.BenchError('cannot open')
+        self.events.append(('start', self.key))
+        return self
+
+    def __exit__(self, *exc):
+        self.events.append(('exit', self.key))
+
+    def stop(self, timeout):
+        self.events.append(('stop', self.key))
+
+
 def test_rand_paired(monkeypatch, capsys):
     monkeypatch.setattr('sys.argv', ['bench', '--quick', '--rand-paired'])
     with pytest.raises(SystemExit):
@@ -204,23 +226,6 @@ def test_rand_paired(monkeypatch, capsys):
     events = []
     slice_iops = {(1, 'stock'): 100, (1, 'ours'): 90, (1000, 'ours'): 80}
 
-    class FakeDaemon:
-        def __init__(self, key):
-            self.key, self.nbd = key, key
-            self.proc = type('P', (), {'maxrss': 1000 * key[0]})()
-
-        def __enter__(self):
-            if self.key == (1000, 'stock'):
-                raise bench.BenchError('cannot open')
-            events.append(('start', self.key))
-            return self
-
-        def __exit__(self, *exc):
-            events.append(('exit', self.key))
-
-        def stop(self, timeout):
-            events.append(('stop', self.key))
-
     def fake_fio(sock, runtime, iodepth):
         assert runtime == 1
         events.append(('fio', sock))
@@ -228,7 +233,7 @@ def test_rand_paired(monkeypatch, capsys):
         return slice_iops[sock] + served        # changes slice by slice
 
     monkeypatch.setattr(bench, 'rand_daemon', lambda tools, top, rundir:
-                        FakeDaemon((top, tools['build'])))
+                        FakeDaemon((top, tools['build']), events))
     monkeypatch.setattr(bench, 'run_fio', fake_fio)
     monkeypatch.setattr(bench, 'progress', lambda text: None)
     monkeypatch.setattr(bench.tempfile, 'mkdtemp', lambda **kw: '/w/none')
@@ -350,29 +355,12 @@ def test_seq_paired(monkeypatch, capsys):
     seconds = {(1, 'stock'): 0.010, (1, 'ours'): 0.011,
                (1000, 'ours'): 0.012}
 
-    class FakeDaemon:
-        def __init__(self, key):
-            self.key, self.nbd = key, key
-            self.proc = type('P', (), {'maxrss': 1000 * key[0]})()
-
-        def __enter__(self):
-            if self.key == (1000, 'stock'):
-                raise bench.BenchError('cannot open')
-            events.append(('start', self.key))
-            return self
-
-        def __exit__(self, *exc):
-            events.append(('exit', self.key))
-
-        def stop(self, timeout):
-            events.append(('stop', self.key))
-
     def fake_fio_seq(sock, offset, length):
         events.append(('fio', sock, offset))
         return seconds[sock]
 
     monkeypatch.setattr(bench, 'rand_daemon', lambda tools, top, rundir:
-                        FakeDaemon((top, tools['build'])))
+                        FakeDaemon((top, tools['build']), events))
     monkeypatch.setattr(bench, 'run_fio_seq', fake_fio_seq)
     monkeypatch.setattr(bench, 'progress', lambda text: None)
     monkeypatch.setattr(bench.tempfile, 'mkdtemp', lambda **kw: '/w/none')
