@@ -645,6 +645,9 @@ def figure_nfs(args, workdir, report):
                # one run's N=1 can be 25% off the next one's here
                '--rand-repeat', str(scale['nfs_rand_repeat']),
                '--rand-paired',
+               # sequential reads too: whole reads one after the other
+               # drifted by more than the depth costs
+               '--seq-paired',
                '--nfs-nodes', str(NFS_NODES),
                '--workdir', os.path.join(workdir, name),
                '--plot', os.path.join(workdir, name + '.png')]
@@ -656,6 +659,8 @@ def figure_nfs(args, workdir, report):
             'names': data['parameters'].get('nfs_names'),
             'size': scale['nfs_size'], 'repeat': scale['nfs_repeat'],
             'rand_repeat': scale['nfs_rand_repeat'],
+            # None: whole reads one after the other, not paired rounds
+            'seq_slices': data['parameters'].get('seq_slices'),
             'results': data['results']})
 
 

@@ -489,6 +489,26 @@ def nfs_row(run, build, layers):
     return {}
 
 
+def seq_how(run):
+    """How the NFS figure's sequential reads of @run were made"""
+    if run.get('seq_slices'):
+        return ('the median of %d rounds in each of which every chain\'s '
+                'daemon (fresh) runs side by side with the others and fio '
+                'reads the %d MiB disk from each in turn, in %d pieces, 64 '
+                'KiB at QD1 over NBD (bench --seq-paired; each round\'s '
+                'ratio is shown)' % (run['repeat'], run['size'] >> 20,
+                                     run['seq_slices']))
+    return 'qemu-img bench, the median of %d reads of the %d MiB disk' % (
+        run['repeat'], run['size'] >> 20)
+
+
+def round_ratios(tops, ones):
+    """Each round's @tops / @ones, or '-' without a pair per round"""
+    if not tops or not ones or len(tops) != len(ones):
+        return '-'
+    return ' '.join('%.3f' % (a / b) for a, b in zip(tops, ones))
+
+
 def section_nfs(report, plots):
     runs = report['nfs']
     first = runs[0]
@@ -510,14 +530,14 @@ def section_nfs(report, plots):
         one, top = nfs_row(run, 'ours', lo), nfs_row(run, 'ours', hi)
         stock = nfs_row(run, 'stock', hi)
         ratio = bench.ratio
-        i_one, i_top = one.get('rand_iops_all'), top.get('rand_iops_all')
-        rounds = (' '.join('%.3f' % (a / b) for a, b in zip(i_top, i_one))
-                  if i_one and i_top and len(i_one) == len(i_top) else None)
         ratios.append((
             nfs_label(run), 'N=%d / N=%d' % (hi, lo),
             fmt(ratio(top.get('seq_mbps'), one.get('seq_mbps')), '.3f'),
+            # a time's ratio is the other way round from a rate's
+            round_ratios(one.get('seq_times_s'), top.get('seq_times_s'))
+            if run.get('seq_slices') else '-',
             fmt(ratio(top.get('rand_iops'), one.get('rand_iops')), '.3f'),
-            rounds or '-',
+            round_ratios(top.get('rand_iops_all'), one.get('rand_iops_all')),
             fmt(ratio(top.get('seq_mbps'), stock.get('seq_mbps')), '.1f'),
             fmt(ratio(stock.get('open_time_s'), top.get('open_time_s')),
                 '.1f')))
@@ -529,15 +549,15 @@ def section_nfs(report, plots):
         '(scripts/sqemu/nfs-nodes: nfs-ganesha with the VFS backend, each '
         'in its own network namespace behind a veth pair; the added round '
         'trip comes from a userspace proxy) with %s backing file names, '
-        'and both builds open them by nfs:// URL.  Sequential: qemu-img '
-        'bench, the median of %d reads of the %d MiB disk (a read slower '
-        'than 60 s is not repeated); random: fio 4 KiB reads at QD16 '
+        'and both builds open them by nfs:// URL.  Sequential: %s '
+        '(a read slower than 60 s is not repeated); random: fio 4 KiB '
+        'reads at QD16 '
         'through a qemu-storage-daemon\'s NBD export%s; open: qemu-io -r '
         '-c quit.  Ours shares one mount and TCP connection per node (patch '
         '0055); stock 7.2 holds one per layer.  A measurement that failed '
         'is shown with its error.' % (
             first['nodes'], first['nodes'], first.get('names') or
-            'absolute', first['repeat'], first['size'] >> 20,
+            'absolute', seq_how(first),
             ', the median of %d rounds in each of which every chain\'s '
             'daemon (fresh) runs side by side with the others and fio reads '
             'from each in turn, 1 s at a time (bench --rand-paired; each '
@@ -545,7 +565,8 @@ def section_nfs(report, plots):
             if first.get('rand_repeat', 1) > 1 else ''), '',
         md_table(('NFS', 'N', 'build', 'seq MB/s', 'rand IOPS', 'open ms',
                   'errors'), body), '',
-        md_table(('NFS', 'ours', 'seq', 'rand', 'rand, each round',
+        md_table(('NFS', 'ours', 'seq', 'seq, each round', 'rand',
+                  'rand, each round',
                   'seq, ours / stock', 'open, stock / ours'), ratios), '']
 
 

@@ -105,12 +105,13 @@ def test_section_nfs():
         'mount failed |' in text
     # ours N=1000 / N=1: seq 0.9, rand 0.4; ours / stock seq 90; open
     # stock / ours 10
-    assert '| no added latency | N=1000 / N=1 | 0.900 | 0.400 | - | 90.0 ' \
-        '| 10.0 |' in text
+    assert '| no added latency | N=1000 / N=1 | 0.900 | - | 0.400 | - | ' \
+        '90.0 | 10.0 |' in text
     # stock failed: its ratios are not made up
-    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | 0.950 | - | - | ' \
-        '- |' in text
+    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | - | 0.950 | - | ' \
+        '- | - |' in text
     assert 'side by side' not in text
+    assert 'qemu-img bench, the median of 3 reads of the 128 MiB' in text
 
     # paired rounds: each round's ratio, and the text says how
     for run in report['nfs']:
@@ -119,9 +120,20 @@ def test_section_nfs():
     rows[1]['rand_iops_all'] = [12000, 10000, 12500]
     rows[3]['rand_iops_all'] = [11400, 9000, 12500]
     text = '\n'.join(evaluation_report.section_nfs(report, {}))
-    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | 0.950 | ' \
+    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | - | 0.950 | ' \
         '0.950 0.900 1.000 | - | - |' in text
     assert 'the median of 3 rounds' in text
+
+    # paired sequential rounds: each round's ratio (times: N=1 / N=1000)
+    for run in report['nfs']:
+        run['seq_slices'] = 8
+    rows[1]['seq_times_s'] = [1.0, 1.2, 1.1]
+    rows[3]['seq_times_s'] = [1.0, 1.25, 1.0]
+    text = '\n'.join(evaluation_report.section_nfs(report, {}))
+    assert '| 0.5 ms round trip | N=1000 / N=1 | 0.950 | 1.000 0.960 ' \
+        '1.100 | 0.950 |' in text
+    assert 'in 8 pieces' in text
+    assert 'qemu-img bench' not in text
 
 
 def test_merge_reports():
