@@ -495,7 +495,7 @@ def seq_how(run):
         return ('the median of %d rounds in each of which every chain\'s '
                 'daemon (fresh) runs side by side with the others and fio '
                 'reads the %d MiB disk from each in turn, in %d pieces, 64 '
-                'KiB at QD1 over NBD (bench --seq-paired; each round\'s '
+                'KiB at QD1 over NBD, bench --seq-paired (each round\'s '
                 'ratio is shown)' % (run['repeat'], run['size'] >> 20,
                                      run['seq_slices']))
     return 'qemu-img bench, the median of %d reads of the %d MiB disk' % (
@@ -549,9 +549,8 @@ def section_nfs(report, plots):
         '(scripts/sqemu/nfs-nodes: nfs-ganesha with the VFS backend, each '
         'in its own network namespace behind a veth pair; the added round '
         'trip comes from a userspace proxy) with %s backing file names, '
-        'and both builds open them by nfs:// URL.  Sequential: %s '
-        '(a read slower than 60 s is not repeated); random: fio 4 KiB '
-        'reads at QD16 '
+        'and both builds open them by nfs:// URL.  Sequential: %s; a read '
+        'slower than 60 s is not repeated; random: fio 4 KiB reads at QD16 '
         'through a qemu-storage-daemon\'s NBD export%s; open: qemu-io -r '
         '-c quit.  Ours shares one mount and TCP connection per node (patch '
         '0055); stock 7.2 holds one per layer.  A measurement that failed '
