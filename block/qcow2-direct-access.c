@@ -660,12 +660,17 @@ static int coroutine_fn da_detect_preallocation(BlockDriverState *l)
  * (it then asks its file where the holes are, BDRV_BLOCK_RECURSE).  That
  * is found out once per layer, as qcow2_co_block_status() does.
  */
+static bool da_status_askable(BlockDriverState *l)
+{
+    return qcow2_bi_is_qcow2(l) && !l->encrypted;
+}
+
 static bool coroutine_fn da_status_known(BlockDriverState *l)
 {
     BDRVQcow2State *ls = l->opaque;
     bool known;
 
-    if (!qcow2_bi_is_qcow2(l) || l->encrypted) {
+    if (!da_status_askable(l)) {
         return false;
     }
     if (ls->metadata_preallocation_checked) {
@@ -702,6 +707,11 @@ static int coroutine_fn da_detect_task(AioTask *task)
  * allocated size: over NFS with cache.direct a round trip, which one after
  * the other cost a 1000-layer chain's first walk of block status 1000
  * round trips; DA_DETECT_WORKERS at a time, a sixteenth of that.
+ *
+ * Every layer is asked, also those this walk would not have reached: a
+ * layer whose file looks sparse then reads its refcounts now (a read-only
+ * open defers them, patch 0057), and a layer whose answer fails is taken
+ * as not preallocated, as qcow2_co_block_status() takes it.
  */
 static void coroutine_fn da_detect_all(BlockDriverState *bs,
                                        Qcow2DirectAccess *da)
@@ -713,7 +723,7 @@ static void coroutine_fn da_detect_all(BlockDriverState *bs,
         BlockDriverState *l = da->layer[j];
         DaDetectTask *t;
 
-        if (!qcow2_bi_is_qcow2(l) || l->encrypted ||
+        if (!da_status_askable(l) ||
             ((BDRVQcow2State *)l->opaque)->metadata_preallocation_checked) {
             continue;
         }

@@ -885,7 +885,8 @@ def parameters(args):
             'rand_block': RAND_BLOCK, 'rand_iodepth': args.rand_iodepth,
             'seq_repeat': args.repeat, 'rand_repeat': args.rand_repeat,
             'rand_paired': args.rand_paired, 'seq_paired': args.seq_paired,
-            'seq_slices': SEQ_SLICES if args.seq_paired else None,
+            'seq_slices': (len(seq_slices(args.size)) if args.seq_paired
+                           else None),
             'fio_runtime_s': args.runtime, 'open_runs': OPEN_RUNS,
             'chain_options': args.chain_options, 'quick': args.quick,
             'nfs_nodes': args.nfs_nodes, 'nfs_latency': args.nfs_latency,

@@ -506,7 +506,7 @@ def round_ratios(tops, ones):
     """Each round's @tops / @ones, or '-' without a pair per round"""
     if not tops or not ones or len(tops) != len(ones):
         return '-'
-    return ' '.join('%.3f' % (a / b) for a, b in zip(tops, ones))
+    return ' '.join('%.3f' % (a / b) if b else '-' for a, b in zip(tops, ones))
 
 
 def section_nfs(report, plots):

@@ -357,3 +357,12 @@ def test_replay_figure_options_and_merge(tmp_path):
     assert merged['replay_rounds'] == 3
     assert 'replayed at N=1,100,500 (medians of 3 rounds)' in \
         evaluation.describe_scale('quick')
+
+
+def test_round_ratios():
+    assert evaluation_report.round_ratios([1.0, 3.0], [2.0, 2.0]) == \
+        '0.500 1.500'
+    # a round whose base failed (0) has no ratio; the others keep theirs
+    assert evaluation_report.round_ratios([1.0, 2.0], [0, 1.0]) == '- 2.000'
+    assert evaluation_report.round_ratios([1.0], [1.0, 2.0]) == '-'
+    assert evaluation_report.round_ratios(None, [1.0]) == '-'
