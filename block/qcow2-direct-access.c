@@ -746,6 +746,17 @@ static void coroutine_fn da_detect_all(BlockDriverState *bs,
     da->detected = true;
 }
 
+/* da_status_known() for layer @k of @da, every layer found out at once */
+static bool coroutine_fn da_layer_status_known(BlockDriverState *bs,
+                                               Qcow2DirectAccess *da,
+                                               unsigned k)
+{
+    if (!da->detected) {
+        da_detect_all(bs, da);
+    }
+    return da_status_known(da->layer[k]);
+}
+
 BlockDriverState *coroutine_fn
 qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
                             int64_t offset, int64_t *bytes, int *skipped,
@@ -785,11 +796,8 @@ qcow2_da_block_status_below(BlockDriverState *bs, bool want_zero,
         run = nb;
     } else {
         k = qcow2_bi_get(get_l2_entry(s, l2_slice, i0));
-        if (k != QCOW2_BI_NONE && k < da->depth && !da->detected) {
-            da_detect_all(bs, da);
-        }
         if (k != QCOW2_BI_NONE && k < da->depth &&
-            da_status_known(da->layer[k])) {
+            da_layer_status_known(bs, da, k)) {
             /*
              * Answer for layer k from the unified cache, so that its own
              * L2 cache stays empty; an error leaves it to the walk.
